@@ -1,0 +1,194 @@
+//! ClusterIP and NodePort allocation. Each allocated value is a key in the store created
+//! with an "absent" precondition, so two servers sharing one etcd can never hand out the
+//! same address, and nothing is kept in memory that a restart would lose.
+
+use crate::error::{ApiError, ApiResult, Cause};
+use bytes::Bytes;
+use corral_store::{Compare, Store, TxnOutcome};
+use serde_json::{json, Value};
+use std::net::Ipv4Addr;
+
+#[derive(Clone, Debug)]
+pub struct Ranges {
+    pub service_net: Ipv4Addr,
+    pub service_prefix: u8,
+    pub node_ports: (u16, u16),
+}
+
+impl Default for Ranges {
+    fn default() -> Self {
+        Ranges {
+            service_net: Ipv4Addr::new(10, 43, 0, 0),
+            service_prefix: 16,
+            node_ports: (30000, 32767),
+        }
+    }
+}
+
+impl Ranges {
+    pub fn size(&self) -> u32 {
+        1u32 << (32 - self.service_prefix as u32)
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX << (32 - self.service_prefix as u32);
+        (u32::from(ip) & mask) == (u32::from(self.service_net) & mask)
+    }
+
+    /// The `kubernetes` service's address: the first in the range.
+    pub fn first(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.service_net) + 1)
+    }
+}
+
+fn ip_key(ip: &str) -> Vec<u8> {
+    format!("/registry/ranges/serviceips/{ip}").into_bytes()
+}
+
+fn port_key(port: u16) -> Vec<u8> {
+    format!("/registry/ranges/servicenodeports/{port}").into_bytes()
+}
+
+async fn claim(store: &Store, key: &[u8], owner: &str) -> ApiResult<bool> {
+    let out = store
+        .put(key, Bytes::from(owner.to_string()), Compare::Absent)
+        .await?;
+    Ok(matches!(out, TxnOutcome::Committed { .. }))
+}
+
+pub async fn release(store: &Store, key: &[u8]) {
+    let _ = store.delete(key, Compare::Any).await;
+}
+
+/// Give a Service its cluster IP and node ports; returns the keys claimed (released again
+/// if the Service is not stored).
+pub async fn allocate_service(
+    store: &Store,
+    ranges: &Ranges,
+    svc: &mut Value,
+) -> ApiResult<Vec<Vec<u8>>> {
+    let mut claimed = Vec::new();
+    let owner = format!(
+        "{}/{}",
+        svc["metadata"]["namespace"].as_str().unwrap_or(""),
+        svc["metadata"]["name"].as_str().unwrap_or("")
+    );
+    let name = svc["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let ty = svc["spec"]["type"].as_str().unwrap_or("ClusterIP").to_string();
+    if ty != "ExternalName" {
+        match svc["spec"]["clusterIP"].as_str() {
+            Some("None") => {
+                svc["spec"]["clusterIPs"] = json!(["None"]);
+            }
+            Some(ip) if !ip.is_empty() => {
+                let parsed: Ipv4Addr = ip.parse().map_err(|_| {
+                    invalid(&name, Cause::invalid("spec.clusterIPs[0]", &json!(ip), "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"))
+                })?;
+                if !ranges.contains(parsed) {
+                    return Err(invalid(&name, Cause::invalid("spec.clusterIPs", &json!([ip]), format!("failed to allocate IP {ip}: provided IP is not in the valid range. The range of valid IPs is {}/{}", ranges.service_net, ranges.service_prefix))));
+                }
+                if !claim(store, &ip_key(ip), &owner).await? {
+                    return Err(invalid(&name, Cause::invalid("spec.clusterIPs", &json!([ip]), format!("failed to allocate IP {ip}: provided IP is already allocated"))));
+                }
+                claimed.push(ip_key(ip));
+                svc["spec"]["clusterIPs"] = json!([ip]);
+            }
+            _ => {
+                let ip = pick_ip(store, ranges, &owner).await?;
+                claimed.push(ip_key(&ip));
+                svc["spec"]["clusterIP"] = json!(ip);
+                svc["spec"]["clusterIPs"] = json!([ip]);
+            }
+        }
+    }
+    if ty == "NodePort" || ty == "LoadBalancer" {
+        let ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
+        for (i, mut p) in ports.into_iter().enumerate() {
+            let port = match p["nodePort"].as_u64() {
+                Some(n) if n != 0 => {
+                    let n = n as u16;
+                    if n < ranges.node_ports.0 || n > ranges.node_ports.1 {
+                        release_all(store, &claimed).await;
+                        return Err(invalid(&name, Cause::invalid(format!("spec.ports[{i}].nodePort"), &json!(n), format!("provided port is not in the valid range. The range of valid ports is {}-{}", ranges.node_ports.0, ranges.node_ports.1))));
+                    }
+                    if !claim(store, &port_key(n), &owner).await? {
+                        release_all(store, &claimed).await;
+                        return Err(invalid(&name, Cause::invalid(format!("spec.ports[{i}].nodePort"), &json!(n), "provided port is already allocated")));
+                    }
+                    n
+                }
+                _ => match pick_port(store, ranges, &owner).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        release_all(store, &claimed).await;
+                        return Err(e);
+                    }
+                },
+            };
+            claimed.push(port_key(port));
+            p["nodePort"] = json!(port);
+            svc["spec"]["ports"][i] = p;
+        }
+    }
+    Ok(claimed)
+}
+
+fn invalid(name: &str, c: Cause) -> ApiError {
+    ApiError::invalid("Service", "", name, vec![c])
+}
+
+pub async fn release_all(store: &Store, keys: &[Vec<u8>]) {
+    for k in keys {
+        release(store, k).await;
+    }
+}
+
+/// Free what a deleted Service held.
+pub async fn release_service(store: &Store, svc: &Value) {
+    if let Some(ip) = svc["spec"]["clusterIP"].as_str() {
+        if ip != "None" && !ip.is_empty() {
+            release(store, &ip_key(ip)).await;
+        }
+    }
+    for p in svc["spec"]["ports"].as_array().into_iter().flatten() {
+        if let Some(n) = p["nodePort"].as_u64() {
+            release(store, &port_key(n as u16)).await;
+        }
+    }
+}
+
+async fn pick_ip(store: &Store, ranges: &Ranges, owner: &str) -> ApiResult<String> {
+    let size = ranges.size();
+    let base = u32::from(ranges.service_net);
+    // Random probing first (cheap when the range is sparse), then a full scan.
+    let start = (uuid::Uuid::new_v4().as_u128() as u32) % size.max(1);
+    for i in 0..size {
+        let off = (start + i) % size;
+        if off < 2 || off == size - 1 {
+            continue; // network, the `kubernetes` service, broadcast
+        }
+        let ip = Ipv4Addr::from(base + off).to_string();
+        if claim(store, &ip_key(&ip), owner).await? {
+            return Ok(ip);
+        }
+    }
+    Err(ApiError::internal("failed to allocate a serviceIP: range is full"))
+}
+
+async fn pick_port(store: &Store, ranges: &Ranges, owner: &str) -> ApiResult<u16> {
+    let (lo, hi) = ranges.node_ports;
+    let n = (hi - lo + 1) as u32;
+    let start = (uuid::Uuid::new_v4().as_u128() as u32) % n;
+    for i in 0..n {
+        let port = lo + ((start + i) % n) as u16;
+        if claim(store, &port_key(port), owner).await? {
+            return Ok(port);
+        }
+    }
+    Err(ApiError::internal("failed to allocate a nodePort: range is full"))
+}
+
+/// Claim a specific address (the `kubernetes` service at start-up).
+pub async fn claim_ip(store: &Store, ip: Ipv4Addr, owner: &str) -> ApiResult<bool> {
+    claim(store, &ip_key(&ip.to_string()), owner).await
+}

@@ -1,0 +1,189 @@
+//! get and list, with selectors, limit/continue pagination and Table output.
+
+use crate::body::{json_response, negotiate, partial_metadata, Want};
+use crate::error::{ApiError, ApiResult};
+use crate::filter::Filter;
+use crate::registry::Resource;
+use crate::request::Query;
+use crate::server::Shared;
+use crate::storage;
+use crate::table;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use base64::Engine;
+use serde_json::{json, Value};
+
+pub async fn get(
+    st: &Shared,
+    res: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    q: &Query,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let (obj, _) = storage::get_or_404(&st.store, res, ns, name).await?;
+    Ok(render_one(res, obj, q, headers))
+}
+
+pub fn render_one(res: &Resource, obj: Value, q: &Query, headers: &HeaderMap) -> Response {
+    match negotiate(headers, q.get("includeObject")) {
+        Want::Table { full_object } => {
+            let rv = obj["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let t = table::render(res, &[obj], &rv, None, full_object);
+            json_response(200, &t, &[])
+        }
+        Want::PartialMetadata => json_response(200, &partial_metadata(&obj), &[]),
+        Want::Json => json_response(200, &obj, &[]),
+    }
+}
+
+/// What a continue token carries: the revision of the first page and where to resume.
+fn encode_continue(rev: i64, start: &[u8]) -> String {
+    let v = json!({"v": "meta.k8s.io/v1", "rv": rev, "start": String::from_utf8_lossy(start)});
+    base64::engine::general_purpose::URL_SAFE.encode(v.to_string())
+}
+
+fn decode_continue(tok: &str) -> ApiResult<(i64, Vec<u8>)> {
+    let bad = || ApiError::bad_request("continue key is not valid: illegal base64 data at input byte 0");
+    let raw = base64::engine::general_purpose::URL_SAFE
+        .decode(tok)
+        .or_else(|_| base64::engine::general_purpose::STANDARD.decode(tok))
+        .map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let rev = v["rv"].as_i64().ok_or_else(bad)?;
+    let start = v["start"].as_str().ok_or_else(bad)?.as_bytes().to_vec();
+    Ok((rev, start))
+}
+
+/// The objects of a resource (optionally one namespace) matching a filter, one page.
+pub struct Page {
+    pub items: Vec<Value>,
+    pub revision: i64,
+    pub continue_token: Option<String>,
+    pub remaining: Option<u64>,
+}
+
+pub async fn list_page(
+    st: &Shared,
+    res: &Resource,
+    ns: Option<&str>,
+    filter: &Filter,
+    limit: usize,
+    cont: Option<&str>,
+) -> ApiResult<Page> {
+    let prefix = storage::prefix(res, ns);
+    let end = storage::prefix_end(&prefix);
+    let (mut start, first_rev) = match cont {
+        Some(tok) if !tok.is_empty() => {
+            let (rev, start) = decode_continue(tok)?;
+            if !start.starts_with(&prefix) {
+                return Err(ApiError::bad_request("continue key is not valid: key does not match the request"));
+            }
+            if rev < st.store.compacted_revision() {
+                return Err(ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."));
+            }
+            (start, Some(rev))
+        }
+        _ => (prefix.clone(), None),
+    };
+    let mut items = Vec::new();
+    let mut revision = 0;
+    // Read in chunks until the page is full: selectors may filter most of a chunk out.
+    let chunk = if limit == 0 { 0 } else { (limit + 1).max(64) };
+    loop {
+        let r = st.store.range(&start, &end, chunk).await?;
+        if revision == 0 {
+            revision = r.revision;
+        }
+        let n = r.kvs.len();
+        for kv in r.kvs.iter() {
+            let obj = storage::decode(res, kv)?;
+            if !filter.matches(&obj) {
+                continue;
+            }
+            if limit > 0 && items.len() == limit {
+                // There is at least one more match: hand out a token starting here.
+                let token = encode_continue(first_rev.unwrap_or(revision), &kv.key);
+                return Ok(Page {
+                    items,
+                    revision: first_rev.unwrap_or(revision),
+                    continue_token: Some(token),
+                    remaining: None,
+                });
+            }
+            items.push(obj);
+        }
+        if !r.more || n == 0 || chunk == 0 {
+            break;
+        }
+        let mut next = r.kvs.last().unwrap().key.clone();
+        next.push(0);
+        start = next;
+    }
+    Ok(Page {
+        items,
+        revision: first_rev.unwrap_or(revision),
+        continue_token: None,
+        remaining: None,
+    })
+}
+
+pub async fn list_page_all(
+    st: &Shared,
+    res: &Resource,
+    ns: Option<&str>,
+    filter: &Filter,
+) -> ApiResult<Page> {
+    list_page(st, res, ns, filter, 0, None).await
+}
+
+pub async fn list(
+    st: &Shared,
+    res: &Resource,
+    ns: Option<&str>,
+    q: &Query,
+    headers: &HeaderMap,
+) -> ApiResult<Response> {
+    let filter = Filter::from_query(res, q.get("labelSelector"), q.get("fieldSelector"))?;
+    let limit = q.u64("limit")?.unwrap_or(0) as usize;
+    let page = list_page(st, res, ns, &filter, limit, q.get("continue")).await?;
+    let rv = page.revision.to_string();
+    match negotiate(headers, q.get("includeObject")) {
+        Want::Table { full_object } => {
+            let t = table::render(
+                res,
+                &page.items,
+                &rv,
+                page.continue_token.as_deref(),
+                full_object,
+            );
+            Ok(json_response(200, &t, &[]))
+        }
+        want => {
+            let items: Vec<Value> = if want == Want::PartialMetadata {
+                page.items.iter().map(partial_metadata).collect()
+            } else {
+                page.items
+            };
+            let mut meta = json!({"resourceVersion": rv});
+            if let Some(c) = page.continue_token {
+                meta["continue"] = json!(c);
+            }
+            let (kind, av) = if want == Want::PartialMetadata {
+                ("PartialObjectMetadataList".to_string(), "meta.k8s.io/v1".to_string())
+            } else {
+                (res.list_kind.clone(), res.api_version())
+            };
+            let body = json!({
+                "kind": kind,
+                "apiVersion": av,
+                "metadata": meta,
+                "items": items,
+            });
+            Ok(json_response(200, &body, &[]))
+        }
+    }
+}

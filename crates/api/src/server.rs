@@ -1,0 +1,205 @@
+//! The API server's shared state and its single entry point: an axum `Router` whose fallback
+//! parses every path the Kubernetes way and hands the request to discovery, OpenAPI or the
+//! generic resource handlers. The same router serves sockets and the in-process client.
+
+use crate::alloc::Ranges;
+use crate::body::{self, json_response};
+use crate::discovery;
+use crate::error::{ApiError, ApiResult};
+use crate::handlers;
+use crate::openapi::OpenApi;
+use crate::registry::Registry;
+use crate::request::{parse_path, Query};
+use axum::body::Body;
+use axum::extract::State as AxState;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use corral_store::Store;
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Who is calling: set by the transport (client certificate, token) or by the in-process
+/// client's layer. Requests without one are refused with 401.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+pub struct Config {
+    pub ranges: Ranges,
+    /// Address clients reach the server at, for the `kubernetes` Endpoints.
+    pub advertise: std::net::SocketAddr,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ranges: Ranges::default(),
+            advertise: "127.0.0.1:6443".parse().unwrap(),
+        }
+    }
+}
+
+pub struct State {
+    pub store: Store,
+    pub registry: Registry,
+    pub openapi: OpenApi,
+    pub config: Config,
+    pub ready: AtomicBool,
+}
+
+pub type Shared = Arc<State>;
+
+impl State {
+    pub fn new(store: Store, config: Config) -> Shared {
+        let registry = Registry::new();
+        let openapi = OpenApi::new(registry.clone());
+        Arc::new(State {
+            store,
+            registry,
+            openapi,
+            config,
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+}
+
+pub fn router(state: Shared) -> Router {
+    Router::new().fallback(dispatch).with_state(state)
+}
+
+async fn dispatch(AxState(st): AxState<Shared>, req: Request<Body>) -> Response {
+    let path = req.uri().path().to_string();
+    match path.as_str() {
+        "/healthz" | "/livez" => return text(200, "ok"),
+        "/readyz" => {
+            return if st.ready.load(Ordering::SeqCst) {
+                text(200, "ok")
+            } else {
+                text(503, "not ready")
+            }
+        }
+        "/version" => return json_response(200, &version(), &[]),
+        _ => {}
+    }
+    if req.extensions().get::<Identity>().is_none() {
+        return ApiError::unauthorized().into_response();
+    }
+    match route(&st, req, &path).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn text(code: u16, s: &'static str) -> Response {
+    (
+        StatusCode::from_u16(code).unwrap(),
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        s,
+    )
+        .into_response()
+}
+
+pub fn version() -> serde_json::Value {
+    json!({
+        "major": "1",
+        "minor": "33",
+        "gitVersion": format!("v1.33.0+corral-{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "corral",
+        "gitTreeState": "clean",
+        "buildDate": "2026-11-01T00:00:00Z",
+        "goVersion": "rust",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, if cfg!(target_arch = "x86_64") { "amd64" } else { std::env::consts::ARCH }),
+    })
+}
+
+async fn route(st: &Shared, req: Request<Body>, path: &str) -> ApiResult<Response> {
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let get = req.method() == Method::GET;
+    match path.trim_end_matches('/') {
+        "/api" if get => {
+            return Ok(match discovery::wants_aggregated(&accept) {
+                Some(v) => aggregated(discovery::aggregated(&st.registry, true, v), v),
+                None => json_response(200, &discovery::api_versions(), &[]),
+            })
+        }
+        "/apis" if get => {
+            return Ok(match discovery::wants_aggregated(&accept) {
+                Some(v) => aggregated(discovery::aggregated(&st.registry, false, v), v),
+                None => json_response(200, &discovery::api_group_list(&st.registry), &[]),
+            })
+        }
+        "/openapi/v3" if get => return Ok(json_response(200, &st.openapi.index(), &[])),
+        "/openapi/v2" => return Err(ApiError::path_not_found()),
+        _ => {}
+    }
+    if let Some(gv) = path.strip_prefix("/openapi/v3/") {
+        let doc = st.openapi.document(gv.trim_end_matches('/'));
+        return match doc {
+            Some(bytes) => Ok((
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (header::CACHE_CONTROL, "public, immutable"),
+                ],
+                bytes.as_ref().clone(),
+            )
+                .into_response()),
+            None => Err(ApiError::path_not_found()),
+        };
+    }
+    // `/apis/<group>`: the group's versions.
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if segs.len() == 2 && segs[0] == "apis" && get {
+        return discovery::api_group_doc(&st.registry, segs[1])
+            .map(|d| json_response(200, &d, &[]))
+            .ok_or_else(ApiError::path_not_found);
+    }
+    let target = parse_path(path)?;
+    let Some(resource) = target.resource.clone() else {
+        if !get {
+            return Err(ApiError::method_not_allowed("method not allowed"));
+        }
+        return discovery::resource_list(&st.registry, &target.group, &target.version)
+            .map(|d| json_response(200, &d, &[]))
+            .ok_or_else(ApiError::path_not_found);
+    };
+    let Some(res) = st
+        .registry
+        .lookup(&target.group, &target.version, &resource)
+    else {
+        return Err(ApiError::path_not_found());
+    };
+    if !res.namespaced && target.namespace.is_some() {
+        return Err(ApiError::path_not_found());
+    }
+    let query = Query::parse(req.uri().query());
+    handlers::resource(st, &res, &target, query, req).await
+}
+
+fn aggregated(doc: serde_json::Value, version: &str) -> Response {
+    let ct = if version == "v2beta1" {
+        discovery::AGGREGATED_V2BETA1
+    } else {
+        discovery::AGGREGATED_V2
+    };
+    let mut r = json_response(200, &doc, &[]);
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(ct));
+    r
+}
+
+pub use body::MAX_BODY;

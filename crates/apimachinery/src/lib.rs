@@ -1,0 +1,8 @@
+//! Kubernetes object machinery with no I/O: label and field selectors, the three patch
+//! kinds (JSON patch, JSON merge patch, strategic merge patch) and server-side printing
+//! (the `Table` columns `kubectl get` shows). Everything works on `serde_json::Value`, so the
+//! same code serves built-in kinds and custom resources.
+
+pub mod printers;
+pub mod selectors;
+pub mod patch;

@@ -1,0 +1,157 @@
+//! The `corral` binary: command line, configuration, and the wiring of store, API server and
+//! (in later parts) controllers, scheduler, agent and proxy into one process.
+
+mod pki;
+mod serve;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "corral", version, about = "A Kubernetes-compatible platform in one binary")]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API server (and, in later releases, the rest of the control plane).
+    Server(ServerArgs),
+}
+
+#[derive(Parser)]
+struct ServerArgs {
+    /// Where state, certificates and the kubeconfig live.
+    #[arg(long, default_value = "./corral-data")]
+    data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// HTTPS port of the Kubernetes API.
+    #[arg(long, default_value_t = 6443)]
+    https_port: u16,
+    /// Use an etcd cluster (v3 API) instead of the embedded store, e.g. http://127.0.0.1:2379.
+    #[arg(long)]
+    datastore_endpoint: Option<String>,
+    /// Extra names or addresses for the serving certificate.
+    #[arg(long = "tls-san")]
+    tls_san: Vec<String>,
+    /// How many revisions of history the embedded store keeps for watches.
+    #[arg(long, default_value_t = 10_000)]
+    history_revisions: u64,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("corral")
+        .build()?;
+    match cli.command {
+        Command::Server(args) => rt.block_on(server(args)),
+    }
+}
+
+fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CORRAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+async fn server(args: ServerArgs) -> Result<()> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize()?;
+    let store = match &args.datastore_endpoint {
+        Some(ep) => bail!(
+            "--datastore-endpoint {ep}: this build has no etcd backend (build with --features etcd)"
+        ),
+        None => {
+            let opts = corral_store::EmbeddedOptions {
+                retain_revisions: args.history_revisions,
+                ..Default::default()
+            };
+            let path = data_dir.join("state.redb");
+            match corral_store::Store::open_embedded(&path, opts) {
+                Ok(s) => s,
+                Err(corral_store::Error::Locked { .. }) => bail!(
+                    "data dir {} is in use by another corral server (the store is locked); stop it first or use another --data-dir",
+                    data_dir.display()
+                ),
+                Err(e) => return Err(e).context("opening the embedded store"),
+            }
+        }
+    };
+    let pki = pki::ensure(&data_dir, &args.tls_san)?;
+    let addr = SocketAddr::new(args.bind, args.https_port);
+    let listener = serve::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let host = if args.bind.is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        match args.bind {
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            v4 => v4.to_string(),
+        }
+    };
+    let url = format!("https://{host}:{}", local.port());
+    let kubeconfig = pki::write_kubeconfig(&data_dir, &pki, &url)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let config = corral_api::Config {
+        advertise: SocketAddr::new(
+            if args.bind.is_unspecified() { "127.0.0.1".parse()? } else { args.bind },
+            local.port(),
+        ),
+        ..Default::default()
+    };
+    let state = corral_api::start(store.clone(), config, stop_rx.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("starting the API: {e}"))?;
+    let router = corral_api::router(state);
+    let tls = serve::tls_config(&serve::TlsFiles {
+        ca_pem: &pki.ca_pem,
+        cert_pem: &pki.server_cert_pem,
+        key_pem: &pki.server_key_pem,
+    })?;
+    tracing::info!(
+        url = %url,
+        kubeconfig = %kubeconfig.display(),
+        ready_ms = started.elapsed().as_millis() as u64,
+        "corral server ready"
+    );
+    println!("corral is serving {url}");
+    println!("kubeconfig: {}", kubeconfig.display());
+    println!("  export KUBECONFIG={}", kubeconfig.display());
+    let server = tokio::spawn(serve::run(listener, tls, router, pki.admin_token.clone(), stop_rx));
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

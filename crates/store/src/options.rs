@@ -1,0 +1,46 @@
+//! Tunables of the embedded backend. Defaults suit a single-node server; tests shrink them.
+
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub struct EmbeddedOptions {
+    /// How often the background compactor trims the revision log to `retain_revisions`.
+    pub compaction_interval: Duration,
+    /// How many revisions of history the log keeps for watches (older ones are compacted).
+    /// Whatever the interval, the log is trimmed as soon as it holds twice this many, so the
+    /// file stays bounded under any write rate.
+    pub retain_revisions: u64,
+    /// How often an idle watcher is told how far it is caught up (`WatchMessage::Progress`).
+    /// Zero disables the periodic messages (they can still be requested).
+    pub progress_interval: Duration,
+    /// Commit with fsync. Only tests that do not care about power loss should turn this off.
+    pub fsync: bool,
+    /// Save the allocator state at every commit (2-phase commit) so that reopening after a
+    /// crash is instant instead of a full-file check. Costs one more fsync per commit.
+    pub quick_repair: bool,
+    /// Page cache of the storage engine, in bytes.
+    pub cache_size: usize,
+    /// Most requests one group commit takes (bounds the latency of a single transaction).
+    pub max_batch: usize,
+    /// Capacity, in committed batches, of the fan-out to watchers; a watcher that falls
+    /// further behind catches up from the log instead.
+    pub watch_channel_capacity: usize,
+    /// Events buffered per watcher between the store and its consumer.
+    pub watcher_buffer: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        EmbeddedOptions {
+            compaction_interval: Duration::from_secs(300),
+            retain_revisions: 10_000,
+            progress_interval: Duration::from_secs(1),
+            fsync: true,
+            quick_repair: false,
+            cache_size: 64 * 1024 * 1024,
+            max_batch: 1024,
+            watch_channel_capacity: 1024,
+            watcher_buffer: 128,
+        }
+    }
+}

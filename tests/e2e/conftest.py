@@ -1,0 +1,190 @@
+"""Fixtures for end-to-end tests: a real `corral server` process, the real `kubectl` and the
+official `kubernetes` Python client pointed at it. Everything a test starts is stopped and
+every directory it makes is removed when it ends."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def corral_binary():
+    """The binary the test command built (CORRAL_BIN), else the debug build."""
+    b = os.environ.get("CORRAL_BIN")
+    if b:
+        return b
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    return os.path.join(target, "debug", "corral")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One corral server process with its own data directory."""
+
+    def __init__(self, data_dir=None, port=None, extra_args=()):
+        self.owns_dir = data_dir is None
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="corral-e2e-")
+        self.port = port or free_port()
+        self.extra_args = list(extra_args)
+        self.proc = None
+        self.log_path = os.path.join(self.data_dir, "server.log")
+
+    @property
+    def url(self):
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def kubeconfig(self):
+        return os.path.join(self.data_dir, "kubeconfig.yaml")
+
+    def start(self, wait=True):
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [corral_binary(), "server", "--data-dir", self.data_dir, "--https-port", str(self.port)]
+            + self.extra_args,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=30):
+        deadline = time.time() + timeout
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"corral exited with {self.proc.returncode}:\n{self.logs()}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", context=ctx, timeout=1) as r:
+                    if r.status == 200 and os.path.exists(self.kubeconfig):
+                        return
+            except Exception:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"corral not ready after {timeout}s:\n{self.logs()}")
+
+    def logs(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode(errors="replace")[-5000:]
+        except OSError:
+            return ""
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode if self.proc else None
+        if getattr(self, "log", None):
+            self.log.close()
+        return code
+
+    def cleanup(self):
+        self.stop()
+        if self.owns_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def server():
+    s = Server().start()
+    yield s
+    s.cleanup()
+
+
+class Kubectl:
+    def __init__(self, server):
+        self.server = server
+        self.cache = tempfile.mkdtemp(prefix="corral-kubectl-cache-")
+        self.home = tempfile.mkdtemp(prefix="corral-kubectl-home-")
+
+    def env(self, extra=None):
+        env = dict(os.environ)
+        env["KUBECONFIG"] = self.server.kubeconfig
+        env["HOME"] = self.home
+        env.update(extra or {})
+        return env
+
+    def run(self, *args, input=None, check=True, env=None, timeout=60):
+        cmd = ["kubectl", "--cache-dir", self.cache] + list(args)
+        p = subprocess.run(
+            cmd,
+            input=input,
+            capture_output=True,
+            text=True,
+            env=self.env(env),
+            timeout=timeout,
+        )
+        if check and p.returncode != 0:
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({p.returncode}):\nstdout: {p.stdout}\nstderr: {p.stderr}"
+            )
+        return p
+
+    def __call__(self, *args, **kw):
+        return self.run(*args, **kw).stdout
+
+    def json(self, *args, **kw):
+        return json.loads(self.run(*args, "-o", "json", **kw).stdout)
+
+    def cleanup(self):
+        shutil.rmtree(self.cache, ignore_errors=True)
+        shutil.rmtree(self.home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kubectl(server):
+    k = Kubectl(server)
+    yield k
+    k.cleanup()
+
+
+@pytest.fixture
+def ns(kubectl):
+    """A fresh namespace for one test, deleted afterwards."""
+    name = "t-" + uuid.uuid4().hex[:8]
+    kubectl("create", "namespace", name)
+    yield name
+    kubectl.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="session")
+def api_client(server):
+    from kubernetes import client, config
+
+    c = client.ApiClient(
+        configuration=_py_config(server)
+    )
+    yield c
+    c.close()
+
+
+def _py_config(server):
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=server.kubeconfig, client_configuration=cfg)
+    return cfg
