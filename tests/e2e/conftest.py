@@ -166,7 +166,7 @@ def kubectl(server):
 def ns(kubectl):
     """A fresh namespace for one test, deleted afterwards."""
     name = "t-" + uuid.uuid4().hex[:8]
-    kubectl("create", "namespace", name)
+    kubectl.run("apply", "-f", "-", input=f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n")
     yield name
     kubectl.run("delete", "namespace", name, "--wait=false", check=False)
 

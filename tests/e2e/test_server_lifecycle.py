@@ -59,6 +59,6 @@ def test_datastore_endpoint_without_etcd_support_is_clear():
     s.start(wait=False)
     code = s.proc.wait(timeout=30)
     assert code != 0
-    out = s.logs()
-    assert "datastore-endpoint" in out or "etcd" in out
+    out = open(s.log_path, errors="replace").read()
+    assert "--datastore-endpoint" in out and "etcd" in out
     s.cleanup()

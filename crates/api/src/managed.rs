@@ -69,7 +69,7 @@ pub fn owned_fields(obj: &Value) -> Set {
         m.remove("kind");
         m.remove("status");
     }
-    if let Some(m) = o["metadata"].as_object_mut() {
+    if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
         for f in [
             "name",
             "namespace",

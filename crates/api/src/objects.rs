@@ -84,7 +84,10 @@ pub fn normalize(
         let defs = Defs(defs);
         let custom = res.is_custom();
         // Metadata is checked by its own rules and never pruned for custom resources.
-        let meta = obj.as_object_mut().and_then(|m| m.remove("metadata"));
+        let kept: Vec<(&str, Value)> = ["apiVersion", "kind", "metadata"]
+            .into_iter()
+            .filter_map(|k| obj.as_object_mut().and_then(|m| m.remove(k)).map(|v| (k, v)))
+            .collect();
         let f = schema::walk(
             obj,
             schema,
@@ -95,8 +98,10 @@ pub fn normalize(
                 defaults: custom,
             },
         );
-        if let (Some(m), Some(map)) = (meta, obj.as_object_mut()) {
-            map.insert("metadata".into(), m);
+        if let Some(map) = obj.as_object_mut() {
+            for (k, v) in kept {
+                map.insert(k.into(), v);
+            }
         }
         let unknown: Vec<String> = f
             .unknown
@@ -124,6 +129,8 @@ pub fn normalize(
             return Err(ApiError::invalid(&res.kind, &res.group, &name, f.causes));
         }
     }
+    // The typed round trip checks types (so defaulting below only meets well-formed
+    // objects); defaulting may leave nulls where it looked for optional lists, dropped after.
     if let Some(def) = res.definition {
         let typed = builtin::roundtrip(def, obj.clone()).map_err(|e| {
             ApiError::bad_request(format!(
@@ -132,9 +139,22 @@ pub fn normalize(
             ))
         })?;
         *obj = typed;
+        defaults::apply(res, obj);
+        strip_nulls(obj);
     }
-    defaults::apply(res, obj);
     Ok(warnings)
+}
+
+/// Remove null-valued fields (typed built-in objects never carry them).
+fn strip_nulls(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(strip_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
 }
 
 const GENERATE_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";

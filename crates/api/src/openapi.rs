@@ -34,6 +34,7 @@ impl OpenApi {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
+        annotate_patch_strategies(&mut defs);
         for r in registry.all() {
             if let Some(def) = r.definition {
                 if let Some(s) = defs.get_mut(def) {
@@ -122,6 +123,27 @@ impl OpenApi {
     /// `/openapi/v3/<gv_path>`, e.g. `api/v1` or `apis/apps/v1`.
     pub fn document(&self, gv_path: &str) -> Option<Arc<Vec<u8>>> {
         self.doc_for(gv_path).map(|(d, _)| d)
+    }
+}
+
+/// kubectl computes client-side apply and edit patches from these extensions (without
+/// them every list is atomic and re-applying an unchanged file reports "configured").
+fn annotate_patch_strategies(defs: &mut Map<String, Value>) {
+    for (ty, field, meta) in corral_apimachinery::patch::builtin_patch_schema().entries() {
+        let Some(prop) = defs
+            .get_mut(ty)
+            .and_then(|s| s.get_mut("properties"))
+            .and_then(|p| p.get_mut(field))
+            .and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        if let Some(strategy) = &meta.strategy {
+            prop.insert("x-kubernetes-patch-strategy".into(), json!(strategy));
+        }
+        if let Some(key) = &meta.key {
+            prop.insert("x-kubernetes-patch-merge-key".into(), json!(key));
+        }
     }
 }
 

@@ -16,6 +16,7 @@ use axum::http::{header, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use corral_store::Store;
+use futures::FutureExt;
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -92,9 +93,18 @@ async fn dispatch(AxState(st): AxState<Shared>, req: Request<Body>) -> Response 
     if req.extensions().get::<Identity>().is_none() {
         return ApiError::unauthorized().into_response();
     }
-    match route(&st, req, &path).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
+    // A bug must cost one request a 500, never the connection or the server.
+    let method = req.method().clone();
+    match std::panic::AssertUnwindSafe(route(&st, req, &path))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => {
+            tracing::error!(%method, %path, "request handler panicked");
+            ApiError::internal("internal error while handling the request").into_response()
+        }
     }
 }
 

@@ -110,8 +110,8 @@ pub async fn create_object(
     ctx: &WriteCtx,
 ) -> ApiResult<(Value, Vec<String>)> {
     let operation = if ctx.apply { "Apply" } else { "Update" };
-    let requested = crate::managed::owned_fields(&obj);
     objects::check_type_meta(res, &mut obj)?;
+    let requested = crate::managed::owned_fields(&obj);
     let meta = obj["metadata"].as_object_mut().expect("checked");
     if res.namespaced {
         match (meta.get("namespace").and_then(Value::as_str), ns) {

@@ -48,7 +48,7 @@ pub(crate) fn decode_kv(key: &[u8], raw: &[u8]) -> Result<KeyValue, Error> {
 /// Encodes the log record of a change; `prev` is the key's state before it.
 pub(crate) fn encode_log(kind: EventKind, kv: &KeyValue, prev: Option<&KeyValue>) -> Vec<u8> {
     let prev_value: &[u8] = match (kind, prev) {
-        (EventKind::Put, Some(p)) => &p.value,
+        (EventKind::Put, Some(_p)) => &[],
         _ => &[],
     };
     let mut out =
