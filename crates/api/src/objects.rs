@@ -167,12 +167,32 @@ pub fn generate_suffix() -> String {
         .collect()
 }
 
+/// Kinds whose strategy maintains metadata.generation upstream: the ones with a spec that
+/// controllers report progress on (observedGeneration), and every custom resource.
+pub fn tracks_generation(res: &Resource) -> bool {
+    res.is_custom()
+        || matches!(
+            (res.group.as_str(), res.kind.as_str()),
+            ("apps", _)
+                | ("batch", _)
+                | ("networking.k8s.io", "Ingress")
+                | ("networking.k8s.io", "NetworkPolicy")
+                | ("policy", "PodDisruptionBudget")
+                | ("apiextensions.k8s.io", _)
+                | ("autoscaling", _)
+        )
+}
+
 /// Server-owned metadata for a new object.
-pub fn init_meta(obj: &mut Value) {
+pub fn init_meta(res: &Resource, obj: &mut Value) {
     let meta = obj["metadata"].as_object_mut().expect("metadata is an object");
     meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
-    meta.insert("generation".into(), json!(1));
+    if tracks_generation(res) {
+        meta.insert("generation".into(), json!(1));
+    } else {
+        meta.remove("generation");
+    }
     meta.remove("resourceVersion");
     meta.remove("deletionTimestamp");
     meta.remove("deletionGracePeriodSeconds");
@@ -181,7 +201,7 @@ pub fn init_meta(obj: &mut Value) {
 }
 
 /// Keep server-owned metadata from `old` and bump generation when the spec changed.
-pub fn carry_meta(old: &Value, new: &mut Value) {
+pub fn carry_meta(res: &Resource, old: &Value, new: &mut Value) {
     let old_meta = &old["metadata"];
     let meta = new["metadata"].as_object_mut().expect("metadata is an object");
     for f in [
@@ -202,7 +222,7 @@ pub fn carry_meta(old: &Value, new: &mut Value) {
     }
     meta.remove("selfLink");
     drop_empty(meta);
-    if spec_changed(old, new) {
+    if tracks_generation(res) && spec_changed(old, new) {
         let g = old_meta["generation"].as_i64().unwrap_or(0) + 1;
         new["metadata"]["generation"] = json!(g);
     }

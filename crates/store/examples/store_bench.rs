@@ -74,31 +74,42 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
 
 fn main() {
     let args = parse_args();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     // A temporary directory unless one is given: the numbers are for this disk either way.
-    let tmp = tempfile::tempdir_in(std::env::var_os("TMPDIR").unwrap_or_else(|| ".".into())).unwrap();
+    let tmp =
+        tempfile::tempdir_in(std::env::var_os("TMPDIR").unwrap_or_else(|| ".".into())).unwrap();
     let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     let opts = EmbeddedOptions {
         quick_repair: args.quick_repair,
         fsync: args.fsync,
         ..Default::default()
     };
+    let opening = Instant::now();
     let store = Store::open_embedded(&dir, opts).unwrap();
+    // Includes crash recovery when the directory was left by a killed process.
+    let open_ms = opening.elapsed().as_secs_f64() * 1000.0;
     let value = Bytes::from(vec![b'x'; args.value_size]);
     let issued = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let deadline = args.seconds.map(|s| Instant::now() + Duration::from_secs_f64(s));
+    let deadline = args
+        .seconds
+        .map(|s| Instant::now() + Duration::from_secs_f64(s));
     let started = Instant::now();
     let latencies: Vec<u64> = rt.block_on(async {
         let mut tasks = Vec::new();
         for w in 0..args.writers {
-            let (store, value, issued, stop) = (store.clone(), value.clone(), issued.clone(), stop.clone());
+            let (store, value, issued, stop) =
+                (store.clone(), value.clone(), issued.clone(), stop.clone());
             let (ops, keys) = (args.ops, args.keys.max(1));
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::new();
                 let mut i = 0usize;
                 loop {
-                    if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d) {
+                    if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| Instant::now() >= d)
+                    {
                         break;
                     }
                     if ops.is_some_and(|n| issued.fetch_add(1, Ordering::Relaxed) >= n) {
@@ -129,7 +140,7 @@ fn main() {
     let stats = store.stats();
     rt.block_on(store.close());
     println!(
-        "{{\"store\":\"corral-embedded\",\"writers\":{},\"value_bytes\":{},\"quick_repair\":{},\"fsync\":{},\"ops\":{},\"seconds\":{:.3},\"ops_per_sec\":{:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"commits\":{},\"writes_per_commit\":{:.2}}}",
+        "{{\"store\":\"corral-embedded\",\"writers\":{},\"value_bytes\":{},\"quick_repair\":{},\"fsync\":{},\"ops\":{},\"seconds\":{:.3},\"ops_per_sec\":{:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"commits\":{},\"writes_per_commit\":{:.2},\"open_ms\":{:.1}}}",
         args.writers,
         args.value_size,
         args.quick_repair,
@@ -141,5 +152,6 @@ fn main() {
         percentile(&sorted, 0.99),
         stats.commits,
         stats.writes as f64 / stats.commits.max(1) as f64,
+        open_ms,
     );
 }

@@ -19,8 +19,8 @@ pub use embedded::FILE_NAME;
 pub use error::Error;
 pub use options::EmbeddedOptions;
 pub use types::{
-    prefix_end, Compare, Event, EventKind, KeyValue, RangeResult, Revision, StoreStats,
-    TxnOutcome, WatchMessage,
+    prefix_end, Compare, Event, EventKind, KeyValue, RangeResult, Revision, StoreStats, TxnOutcome,
+    WatchMessage,
 };
 pub use watch::WatchStream;
 
@@ -78,7 +78,12 @@ impl Store {
 
     /// Latest values of keys in `[start, end)` (empty `end`: no upper bound) in key order, at
     /// most `limit` of them (0: no limit), from one consistent snapshot.
-    pub async fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Result<RangeResult, Error> {
+    pub async fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<RangeResult, Error> {
         self.embedded().range(start, end, limit).await
     }
 
@@ -100,7 +105,12 @@ impl Store {
     /// Watches `[start, end)` for changes with revision greater than `after_revision`
     /// (0: from now). Fails with `Compacted` if that history is gone. Must be called inside a
     /// tokio runtime.
-    pub fn watch(&self, start: &[u8], end: &[u8], after_revision: Revision) -> Result<WatchStream, Error> {
+    pub fn watch(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        after_revision: Revision,
+    ) -> Result<WatchStream, Error> {
         self.embedded().watch(start, end, after_revision)
     }
 

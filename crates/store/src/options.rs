@@ -7,8 +7,8 @@ pub struct EmbeddedOptions {
     /// How often the background compactor trims the revision log to `retain_revisions`.
     pub compaction_interval: Duration,
     /// How many revisions of history the log keeps for watches (older ones are compacted).
-    /// Whatever the interval, the log is trimmed as soon as it holds twice this many, so the
-    /// file stays bounded under any write rate.
+    /// Whatever the interval, the log is trimmed as soon as it holds a quarter more than
+    /// this, so the file stays bounded under any write rate.
     pub retain_revisions: u64,
     /// How often an idle watcher is told how far it is caught up (`WatchMessage::Progress`).
     /// Zero disables the periodic messages (they can still be requested).
@@ -27,6 +27,10 @@ pub struct EmbeddedOptions {
     pub watch_channel_capacity: usize,
     /// Events buffered per watcher between the store and its consumer.
     pub watcher_buffer: usize,
+    /// At open, a file at least this large that is more than half free space (after mass
+    /// deletes, say) is compacted to give the space back. Freed pages are reused in any case,
+    /// so this only matters after the live data shrank. `u64::MAX` disables it.
+    pub compact_file_above: u64,
 }
 
 impl Default for EmbeddedOptions {
@@ -41,6 +45,7 @@ impl Default for EmbeddedOptions {
             max_batch: 1024,
             watch_channel_capacity: 1024,
             watcher_buffer: 128,
+            compact_file_above: 64 * 1024 * 1024,
         }
     }
 }

@@ -34,7 +34,10 @@ pub enum Compare {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TxnOutcome {
     /// The write is durable at `revision`; `prev` is the key's state before it.
-    Committed { revision: Revision, prev: Option<KeyValue> },
+    Committed {
+        revision: Revision,
+        prev: Option<KeyValue>,
+    },
     /// The precondition failed; nothing was written. `current` is what the key holds now.
     Conflict { current: Option<KeyValue> },
 }

@@ -32,7 +32,10 @@ fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let round: usize = std::env::var("CORRAL_STORE_CRASH_ROUND").unwrap().parse().unwrap();
+    let round: usize = std::env::var("CORRAL_STORE_CRASH_ROUND")
+        .unwrap()
+        .parse()
+        .unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -51,7 +54,10 @@ fn crash_child() {
                         (format!("DEL {key} -"), o)
                     } else {
                         let value = format!("r{round}-w{w}-i{i}");
-                        let o = store.put(key.as_bytes(), Bytes::from(value.clone()), Compare::Any).await.unwrap();
+                        let o = store
+                            .put(key.as_bytes(), Bytes::from(value.clone()), Compare::Any)
+                            .await
+                            .unwrap();
                         (format!("PUT {key} {value}"), o)
                     };
                     if let TxnOutcome::Committed { revision, .. } = outcome {
@@ -108,7 +114,10 @@ async fn history(store: &Store) -> HashMap<i64, Event> {
         return out;
     }
     let mut w = store.watch(b"", b"", 1).unwrap();
-    while let Some(msg) = tokio::time::timeout(Duration::from_secs(30), w.next()).await.unwrap() {
+    while let Some(msg) = tokio::time::timeout(Duration::from_secs(30), w.next())
+        .await
+        .unwrap()
+    {
         if let WatchMessage::Event(ev) = msg.unwrap() {
             let rev = ev.revision();
             out.insert(rev, ev);
@@ -124,12 +133,21 @@ async fn check(dir: &Path, acks: &[Ack]) -> (i64, usize) {
     let store = Store::open_embedded(dir, child_opts()).unwrap();
     store.verify().await.unwrap();
     let history = history(&store).await;
-    assert_eq!(history.len() as i64, store.current_revision() - 1, "history has gaps");
+    assert_eq!(
+        history.len() as i64,
+        store.current_revision() - 1,
+        "history has gaps"
+    );
     let mut latest: HashMap<&str, &Ack> = HashMap::new();
     for a in acks {
-        assert!(a.revision <= store.current_revision(), "ack {a:?} beyond the store's revision");
+        assert!(
+            a.revision <= store.current_revision(),
+            "ack {a:?} beyond the store's revision"
+        );
         // Every acknowledged write is in the history, exactly as acknowledged.
-        let ev = history.get(&a.revision).unwrap_or_else(|| panic!("acknowledged {a:?} is lost"));
+        let ev = history
+            .get(&a.revision)
+            .unwrap_or_else(|| panic!("acknowledged {a:?} is lost"));
         assert_eq!(String::from_utf8_lossy(&ev.kv.key), a.key, "{a:?}");
         if a.put {
             assert_eq!(ev.kind, EventKind::Put, "{a:?}");
@@ -146,14 +164,22 @@ async fn check(dir: &Path, acks: &[Ack]) -> (i64, usize) {
     for (key, a) in latest {
         match store.get(key.as_bytes()).await.unwrap() {
             Some(kv) => {
-                assert!(kv.mod_revision >= a.revision, "{key}: {kv:?} older than {a:?}");
+                assert!(
+                    kv.mod_revision >= a.revision,
+                    "{key}: {kv:?} older than {a:?}"
+                );
                 if kv.mod_revision == a.revision {
-                    assert!(a.put && kv.value == Bytes::from(a.value.clone()), "{key}: {kv:?} vs {a:?}");
+                    assert!(
+                        a.put && kv.value == Bytes::from(a.value.clone()),
+                        "{key}: {kv:?} vs {a:?}"
+                    );
                 }
             }
             None => {
                 let deleted_since = history.values().any(|e| {
-                    e.kind == EventKind::Delete && e.kv.key == key.as_bytes() && e.revision() >= a.revision
+                    e.kind == EventKind::Delete
+                        && e.kv.key == key.as_bytes()
+                        && e.revision() >= a.revision
                 });
                 assert!(deleted_since, "{key} missing but last acknowledged {a:?}");
             }
@@ -167,12 +193,22 @@ async fn check(dir: &Path, acks: &[Ack]) -> (i64, usize) {
 #[test]
 fn acknowledged_writes_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    let seed = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-    });
+    let seed = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
     eprintln!("crash test seed {seed} (set CRASH_SEED to replay)");
     let mut rng = Rng(seed);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut acks: Vec<Ack> = Vec::new();
     for round in 0..ROUNDS {
@@ -213,5 +249,9 @@ fn acknowledged_writes_survive_sigkill() {
             acks.len() - before
         );
     }
-    assert!(acks.len() > 100, "the child hardly wrote anything: {} acks", acks.len());
+    assert!(
+        acks.len() > 100,
+        "the child hardly wrote anything: {} acks",
+        acks.len()
+    );
 }

@@ -90,8 +90,15 @@ impl Model {
             mod_revision: self.revision,
         };
         self.kvs.insert(key.to_vec(), kv.clone());
-        self.events.push(Event { kind: EventKind::Put, kv, prev: cur.clone() });
-        TxnOutcome::Committed { revision: self.revision, prev: cur }
+        self.events.push(Event {
+            kind: EventKind::Put,
+            kv,
+            prev: cur.clone(),
+        });
+        TxnOutcome::Committed {
+            revision: self.revision,
+            prev: cur,
+        }
     }
 
     fn delete(&mut self, key: &[u8], cmp: Compare) -> TxnOutcome {
@@ -101,9 +108,19 @@ impl Model {
         };
         self.revision += 1;
         self.kvs.remove(key);
-        let kv = KeyValue { mod_revision: self.revision, ..prev.clone() };
-        self.events.push(Event { kind: EventKind::Delete, kv, prev: Some(prev) });
-        TxnOutcome::Committed { revision: self.revision, prev: cur }
+        let kv = KeyValue {
+            mod_revision: self.revision,
+            ..prev.clone()
+        };
+        self.events.push(Event {
+            kind: EventKind::Delete,
+            kv,
+            prev: Some(prev),
+        });
+        TxnOutcome::Committed {
+            revision: self.revision,
+            prev: cur,
+        }
     }
 }
 
@@ -134,7 +151,10 @@ async fn collect(w: &mut WatchStream, out: &mut Vec<Event>, n: usize, what: &str
 async fn run(ops: Vec<Op>) {
     let dir = tempfile::tempdir().unwrap();
     let mut store = Store::open_embedded(dir.path(), opts()).unwrap();
-    let mut model = Model { revision: 1, ..Default::default() };
+    let mut model = Model {
+        revision: 1,
+        ..Default::default()
+    };
     let mut watch = store.watch(b"", b"", 0).unwrap();
     let mut seen: Vec<Event> = Vec::new();
     for (i, op) in ops.into_iter().enumerate() {
@@ -186,8 +206,12 @@ async fn run(ops: Vec<Op>) {
 
     // A watch replayed from the log yields the model's events after the compacted revision.
     let mut replay = store.watch(b"", b"", model.compacted.max(1)).unwrap();
-    let want: Vec<Event> =
-        model.events.iter().filter(|e| e.revision() > model.compacted).cloned().collect();
+    let want: Vec<Event> = model
+        .events
+        .iter()
+        .filter(|e| e.revision() > model.compacted)
+        .cloned()
+        .collect();
     let mut got = Vec::new();
     collect(&mut replay, &mut got, want.len(), "replay").await;
     assert_eq!(got, want, "replayed events");

@@ -4,9 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use corral_store::{
-    prefix_end, Compare, EmbeddedOptions, Error, KeyValue, Store, TxnOutcome,
-};
+use corral_store::{prefix_end, Compare, EmbeddedOptions, Error, KeyValue, Store, TxnOutcome};
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
@@ -51,7 +49,10 @@ async fn put_get_and_revision_rules() {
     let (r1, prev) = committed(s.put(b"a", b("1"), Compare::Any).await.unwrap());
     assert_eq!((r1, prev), (2, None));
     let kv = s.get(b"a").await.unwrap().unwrap();
-    assert_eq!((kv.create_revision, kv.mod_revision, kv.value), (2, 2, b("1")));
+    assert_eq!(
+        (kv.create_revision, kv.mod_revision, kv.value),
+        (2, 2, b("1"))
+    );
 
     // An update keeps create_revision and returns the previous state.
     let (r2, prev) = committed(s.put(b"a", b("2"), Compare::Any).await.unwrap());
@@ -64,7 +65,10 @@ async fn put_get_and_revision_rules() {
     let (r3, prev) = committed(s.delete(b"a", Compare::Any).await.unwrap());
     assert_eq!(r3, 4);
     let prev = prev.unwrap();
-    assert_eq!((prev.value, prev.mod_revision, prev.create_revision), (b("2"), 3, 2));
+    assert_eq!(
+        (prev.value, prev.mod_revision, prev.create_revision),
+        (b("2"), 3, 2)
+    );
     assert_eq!(s.get(b"a").await.unwrap(), None);
     let (r4, _) = committed(s.put(b"a", b("3"), Compare::Absent).await.unwrap());
     let kv = s.get(b"a").await.unwrap().unwrap();
@@ -84,17 +88,35 @@ async fn preconditions() {
     assert_eq!((cur.value, cur.mod_revision), (b("v1"), r));
 
     // ModRevision: compare-and-swap.
-    assert!(conflict(s.put(b"k", b("v2"), Compare::ModRevision(r + 5)).await.unwrap()).is_some());
+    assert!(conflict(
+        s.put(b"k", b("v2"), Compare::ModRevision(r + 5))
+            .await
+            .unwrap()
+    )
+    .is_some());
     let (r2, prev) = committed(s.put(b"k", b("v2"), Compare::ModRevision(r)).await.unwrap());
     assert_eq!(prev.unwrap().mod_revision, r);
     assert!(conflict(s.put(b"k", b("v3"), Compare::ModRevision(r)).await.unwrap()).is_some());
-    assert_eq!(conflict(s.put(b"missing", b("x"), Compare::ModRevision(r2)).await.unwrap()), None);
+    assert_eq!(
+        conflict(
+            s.put(b"missing", b("x"), Compare::ModRevision(r2))
+                .await
+                .unwrap()
+        ),
+        None
+    );
 
     // Deletes: by revision, and of missing keys.
     assert!(conflict(s.delete(b"k", Compare::ModRevision(r)).await.unwrap()).is_some());
     assert!(conflict(s.delete(b"k", Compare::Absent).await.unwrap()).is_some());
-    assert_eq!(conflict(s.delete(b"missing", Compare::Any).await.unwrap()), None);
-    assert_eq!(conflict(s.delete(b"missing", Compare::Absent).await.unwrap()), None);
+    assert_eq!(
+        conflict(s.delete(b"missing", Compare::Any).await.unwrap()),
+        None
+    );
+    assert_eq!(
+        conflict(s.delete(b"missing", Compare::Absent).await.unwrap()),
+        None
+    );
     let (r3, _) = committed(s.delete(b"k", Compare::ModRevision(r2)).await.unwrap());
 
     // Conflicts do not use revisions.
@@ -114,7 +136,10 @@ async fn range_limit_more_and_count() {
     let end = prefix_end(b"/a/");
     let all = s.range(b"/a/", &end, 0).await.unwrap();
     let keys: Vec<_> = all.kvs.iter().map(|kv| kv.key.clone()).collect();
-    assert_eq!(keys, vec![b"/a/1".to_vec(), b"/a/2".to_vec(), b"/a/3".to_vec()]);
+    assert_eq!(
+        keys,
+        vec![b"/a/1".to_vec(), b"/a/2".to_vec(), b"/a/3".to_vec()]
+    );
     assert!(!all.more);
     assert_eq!(all.revision, s.current_revision());
 
@@ -150,7 +175,11 @@ async fn concurrent_writers_share_commits() {
             let mut revs = Vec::new();
             for i in 0..10 {
                 let key = format!("/w/{w}/{i}");
-                let (r, _) = committed(s.put(key.as_bytes(), b("x"), Compare::Absent).await.unwrap());
+                let (r, _) = committed(
+                    s.put(key.as_bytes(), b("x"), Compare::Absent)
+                        .await
+                        .unwrap(),
+                );
                 revs.push(r);
             }
             revs
@@ -162,7 +191,10 @@ async fn concurrent_writers_share_commits() {
     }
     all.sort();
     let expected: Vec<i64> = (2..502).collect();
-    assert_eq!(all, expected, "every write got its own revision, without gaps");
+    assert_eq!(
+        all, expected,
+        "every write got its own revision, without gaps"
+    );
     let st = s.stats();
     assert_eq!(st.writes, 500);
     assert!(st.commits < 500, "group commit should batch writes: {st:?}");
@@ -175,7 +207,9 @@ async fn reopen_preserves_state_and_revision() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
     for i in 0..20 {
-        s.put(format!("k{i}").as_bytes(), b("v"), Compare::Any).await.unwrap();
+        s.put(format!("k{i}").as_bytes(), b("v"), Compare::Any)
+            .await
+            .unwrap();
     }
     s.delete(b"k3", Compare::Any).await.unwrap();
     s.compact(5).await.unwrap();
@@ -200,7 +234,10 @@ async fn operations_after_close_fail_cleanly() {
     let other = s.clone();
     s.close().await;
     assert!(matches!(other.get(b"a").await, Err(Error::Closed)));
-    assert!(matches!(other.put(b"a", b("x"), Compare::Any).await, Err(Error::Closed)));
+    assert!(matches!(
+        other.put(b"a", b("x"), Compare::Any).await,
+        Err(Error::Closed)
+    ));
     assert!(matches!(other.watch(b"a", b"", 0), Err(Error::Closed)));
 }
 
@@ -236,7 +273,10 @@ async fn compact_rules() {
     for i in 0..10 {
         s.put(b"k", b(&i.to_string()), Compare::Any).await.unwrap();
     }
-    assert!(matches!(s.compact(100).await, Err(Error::FutureRevision { .. })));
+    assert!(matches!(
+        s.compact(100).await,
+        Err(Error::FutureRevision { .. })
+    ));
     s.compact(6).await.unwrap();
     assert_eq!(s.compacted_revision(), 6);
     s.compact(3).await.unwrap(); // already compacted: no-op
@@ -257,12 +297,17 @@ async fn automatic_compaction_keeps_retained_history() {
     };
     let s = Store::open_embedded(dir.path(), opts).unwrap();
     for i in 0..200 {
-        s.put(format!("k{}", i % 7).as_bytes(), b("v"), Compare::Any).await.unwrap();
+        s.put(format!("k{}", i % 7).as_bytes(), b("v"), Compare::Any)
+            .await
+            .unwrap();
     }
     let cur = s.current_revision();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while s.compacted_revision() < cur - 50 {
-        assert!(std::time::Instant::now() < deadline, "no automatic compaction");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no automatic compaction"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(s.compacted_revision(), cur - 50);
@@ -294,7 +339,9 @@ async fn disk_stays_bounded_under_churn() {
             tasks.push(tokio::spawn(async move {
                 for i in 0..total / 10 / writers {
                     let key = format!("/churn/{}", (w * 31 + i) % 100);
-                    s.put(key.as_bytes(), value.clone(), Compare::Any).await.unwrap();
+                    s.put(key.as_bytes(), value.clone(), Compare::Any)
+                        .await
+                        .unwrap();
                 }
             }));
         }
@@ -303,17 +350,89 @@ async fn disk_stays_bounded_under_churn() {
         }
         let size = std::fs::metadata(s.path()).unwrap().len();
         sizes.push(size);
-        eprintln!("round {round}: revision {} compacted {} file {} KiB", s.current_revision(), s.compacted_revision(), size / 1024);
+        eprintln!(
+            "round {round}: revision {} compacted {} file {} KiB",
+            s.current_revision(),
+            s.compacted_revision(),
+            size / 1024
+        );
     }
     assert_eq!(s.current_revision(), 1 + total as i64);
     assert_eq!(s.count(b"", b"").await.unwrap(), 100);
     // Live data is ~100 values plus <= 2,000 log records of ~512 bytes: about 1 MiB. Without
     // compaction and page reuse the file would pass 100 MiB.
     let max = *sizes.iter().max().unwrap();
-    assert!(max < 16 * 1024 * 1024, "file grew to {max} bytes: {sizes:?}");
+    assert!(
+        max < 16 * 1024 * 1024,
+        "file grew to {max} bytes: {sizes:?}"
+    );
     // And it stops growing: the second half of the run adds nothing significant.
     let mid = sizes[4];
-    assert!(sizes[9] <= mid + mid / 2 + 1024 * 1024, "file keeps growing: {sizes:?}");
+    assert!(
+        sizes[9] <= mid + mid / 2 + 1024 * 1024,
+        "file keeps growing: {sizes:?}"
+    );
+    s.verify().await.unwrap();
+    s.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_shrinks_at_open_after_mass_delete() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = EmbeddedOptions {
+        fsync: false,
+        retain_revisions: 100,
+        ..Default::default()
+    };
+    let s = Store::open_embedded(dir.path(), opts.clone()).unwrap();
+    let value = Bytes::from(vec![1u8; 4096]);
+    for i in 0..2000 {
+        s.put(format!("/big/{i}").as_bytes(), value.clone(), Compare::Any)
+            .await
+            .unwrap();
+    }
+    // Live data written after the big values sits at the end of the file, so the space the
+    // deletes free cannot simply be cut off the end.
+    for i in 0..200 {
+        s.put(format!("/keep/{i}").as_bytes(), value.clone(), Compare::Any)
+            .await
+            .unwrap();
+    }
+    for i in 0..2000 {
+        s.delete(format!("/big/{i}").as_bytes(), Compare::Any)
+            .await
+            .unwrap();
+    }
+    s.compact(s.current_revision()).await.unwrap();
+    let rev = s.current_revision();
+    s.close().await;
+    let full = std::fs::metadata(dir.path().join(corral_store::FILE_NAME))
+        .unwrap()
+        .len();
+
+    // Below the threshold: left alone.
+    let s = Store::open_embedded(dir.path(), opts.clone()).unwrap();
+    s.close().await;
+    assert_eq!(
+        std::fs::metadata(dir.path().join(corral_store::FILE_NAME))
+            .unwrap()
+            .len(),
+        full
+    );
+
+    let s = Store::open_embedded(
+        dir.path(),
+        EmbeddedOptions {
+            compact_file_above: 1 << 20,
+            ..opts
+        },
+    )
+    .unwrap();
+    let small = std::fs::metadata(s.path()).unwrap().len();
+    assert!(small * 2 < full, "file not compacted: {full} -> {small}");
+    assert_eq!(s.current_revision(), rev);
+    assert_eq!(s.count(b"", b"").await.unwrap(), 200);
+    s.put(b"/after", b("x"), Compare::Absent).await.unwrap();
     s.verify().await.unwrap();
     s.close().await;
 }

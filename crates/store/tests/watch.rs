@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use corral_store::{
-    prefix_end, Compare, EmbeddedOptions, Error, Event, EventKind, Store, TxnOutcome,
-    WatchMessage, WatchStream,
+    prefix_end, Compare, EmbeddedOptions, Error, Event, EventKind, Store, TxnOutcome, WatchMessage,
+    WatchStream,
 };
 use futures::StreamExt;
 
@@ -33,7 +33,10 @@ async fn put(s: &Store, k: &str, v: &str) -> i64 {
 
 async fn next_event(w: &mut WatchStream) -> Event {
     loop {
-        match tokio::time::timeout(WAIT, w.next()).await.expect("watch timed out") {
+        match tokio::time::timeout(WAIT, w.next())
+            .await
+            .expect("watch timed out")
+        {
             Some(Ok(WatchMessage::Event(ev))) => return ev,
             Some(Ok(WatchMessage::Progress(_))) => continue,
             other => panic!("unexpected {other:?}"),
@@ -72,8 +75,14 @@ async fn replay_then_live_without_gap_or_duplicate() {
     let evs = events(&mut w, 60).await;
     writer.await.unwrap();
     let revs: Vec<i64> = evs.iter().map(Event::revision).collect();
-    assert!(revs.windows(2).all(|p| p[0] < p[1]), "out of order or duplicate: {revs:?}");
-    let values: Vec<String> = evs.iter().map(|e| String::from_utf8_lossy(&e.kv.value).into()).collect();
+    assert!(
+        revs.windows(2).all(|p| p[0] < p[1]),
+        "out of order or duplicate: {revs:?}"
+    );
+    let values: Vec<String> = evs
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.kv.value).into())
+        .collect();
     let expected: Vec<String> = (0..60).map(|i| i.to_string()).collect();
     assert_eq!(values, expected);
     for ev in &evs {
@@ -89,7 +98,9 @@ async fn replay_then_live_without_gap_or_duplicate() {
         assert_eq!(prev.create_revision, e.kv.create_revision);
     }
     // Nothing more.
-    assert!(tokio::time::timeout(Duration::from_millis(100), w.next()).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(100), w.next())
+        .await
+        .is_err());
     s.close().await;
 }
 
@@ -99,7 +110,8 @@ async fn watch_from_now_and_delete_events() {
     let s = Store::open_embedded(dir.path(), opts()).unwrap();
     let r0 = put(&s, "/k", "old").await;
     let mut w = s.watch(b"/k", b"/l", 0).unwrap();
-    let TxnOutcome::Committed { revision: rd, .. } = s.delete(b"/k", Compare::Any).await.unwrap() else {
+    let TxnOutcome::Committed { revision: rd, .. } = s.delete(b"/k", Compare::Any).await.unwrap()
+    else {
         panic!()
     };
     let ev = next_event(&mut w).await;
@@ -194,11 +206,23 @@ async fn compaction_ends_a_lagging_watch_and_refuses_old_starts() {
         }
     };
     assert!(seen < 40, "saw {seen}");
-    assert!(matches!(err, Error::Compacted { compact_revision: 40, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Compacted {
+                compact_revision: 40,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(w.next().await.is_none(), "stream ends after the error");
 
     match s.watch(b"", b"", 39) {
-        Err(Error::Compacted { compact_revision, requested }) => {
+        Err(Error::Compacted {
+            compact_revision,
+            requested,
+        }) => {
             assert_eq!((compact_revision, requested), (40, 40));
         }
         other => panic!("{other:?}"),
@@ -222,7 +246,7 @@ async fn progress_marks_periodic_and_requested() {
     put(&s, "/other", "x").await;
     let mut w = s.watch(b"/mine/", b"/mine0", 0).unwrap();
     let r = put(&s, "/other", "y").await; // outside the range, but still progress
-    // Periodic: an idle watcher is told how far it has been caught up.
+                                          // Periodic: an idle watcher is told how far it has been caught up.
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         match tokio::time::timeout_at(deadline, w.next()).await.unwrap() {
@@ -278,7 +302,9 @@ async fn close_ends_watches_and_drop_unsubscribes() {
 async fn many_watchers_on_one_prefix() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open_embedded(dir.path(), opts()).unwrap();
-    let mut watchers: Vec<_> = (0..1000).map(|_| s.watch(b"/pods/", b"/pods0", 0).unwrap()).collect();
+    let mut watchers: Vec<_> = (0..1000)
+        .map(|_| s.watch(b"/pods/", b"/pods0", 0).unwrap())
+        .collect();
     let mut tasks = Vec::new();
     for w in 0..20 {
         let s = s.clone();

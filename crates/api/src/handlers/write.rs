@@ -134,7 +134,7 @@ pub async fn create_object(
         }
     }
     let mut warnings = objects::normalize(res, &st.openapi, &mut obj, ctx.field_validation)?;
-    objects::init_meta(&mut obj);
+    objects::init_meta(res, &mut obj);
     objects::reset_status_on_create(res, &mut obj);
     if res.group.is_empty() && res.plural == "namespaces" {
         obj["spec"]["finalizers"] = json!(["kubernetes"]);
@@ -298,7 +298,7 @@ where
                 }
             }
         }
-        objects::carry_meta(&current, &mut new);
+        objects::carry_meta(res, &current, &mut new);
         if res.group.is_empty() && res.plural == "services" {
             carry_service_allocations(&current, &mut new);
         }
@@ -541,8 +541,10 @@ pub async fn delete_object(
                 0
             };
             new["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-            let g = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
-            new["metadata"]["generation"] = json!(g);
+            if objects::tracks_generation(res) {
+                let g = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+                new["metadata"]["generation"] = json!(g);
+            }
             if is_ns {
                 new["status"]["phase"] = json!("Terminating");
             }

@@ -48,11 +48,10 @@ pub(crate) fn decode_kv(key: &[u8], raw: &[u8]) -> Result<KeyValue, Error> {
 /// Encodes the log record of a change; `prev` is the key's state before it.
 pub(crate) fn encode_log(kind: EventKind, kv: &KeyValue, prev: Option<&KeyValue>) -> Vec<u8> {
     let prev_value: &[u8] = match (kind, prev) {
-        (EventKind::Put, Some(_p)) => &[],
+        (EventKind::Put, Some(p)) => &p.value,
         _ => &[],
     };
-    let mut out =
-        Vec::with_capacity(29 + kv.key.len() + kv.value.len() + prev_value.len());
+    let mut out = Vec::with_capacity(29 + kv.key.len() + kv.value.len() + prev_value.len());
     out.push(match kind {
         EventKind::Put => KIND_PUT,
         EventKind::Delete => KIND_DELETE,
@@ -79,7 +78,11 @@ pub(crate) fn decode_log(revision: Revision, raw: &[u8]) -> Result<Event, Error>
     let kind = match r.take(1)?[0] {
         KIND_PUT => EventKind::Put,
         KIND_DELETE => EventKind::Delete,
-        other => return Err(Error::Corrupt(format!("log record {revision} has kind {other}"))),
+        other => {
+            return Err(Error::Corrupt(format!(
+                "log record {revision} has kind {other}"
+            )))
+        }
     };
     let create_revision = r.i64()?;
     let prev_mod = r.i64()?;
@@ -190,7 +193,10 @@ mod tests {
     fn truncated_log_record_is_an_error_not_a_panic() {
         let raw = encode_log(EventKind::Put, &kv("key", "value", 1, 1), None);
         for n in 0..raw.len() - 5 {
-            assert!(decode_log(1, &raw[..n]).is_err(), "prefix of {n} bytes decoded");
+            assert!(
+                decode_log(1, &raw[..n]).is_err(),
+                "prefix of {n} bytes decoded"
+            );
         }
         assert!(decode_log(1, &[9u8; 40]).is_err());
     }

@@ -79,6 +79,37 @@ fn open_error(path: &Path, e: DatabaseError) -> Error {
     }
 }
 
+/// Gives free space back to the file system when most of the file is free. Only at open,
+/// where this handle is the only user: redb's compaction needs no live transaction.
+fn compact_file_if_mostly_free(db: &mut Database, path: &Path, above: u64) -> Result<(), Error> {
+    let len = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    if len < above {
+        return Ok(());
+    }
+    let txn = db.begin_write()?;
+    let stats = txn.stats()?;
+    txn.abort()?;
+    let used = stats.allocated_pages() * stats.page_size() as u64;
+    if used.saturating_mul(2) > len {
+        return Ok(());
+    }
+    let started = Instant::now();
+    while db.compact()? {}
+    let after = std::fs::metadata(path)
+        .map_err(|e| Error::io(path, e))?
+        .len();
+    tracing::info!(
+        path = %path.display(),
+        before_bytes = len,
+        after_bytes = after,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "compacted store file"
+    );
+    Ok(())
+}
+
 impl Embedded {
     pub fn open(path: &Path, opts: EmbeddedOptions) -> Result<Embedded, Error> {
         let path = resolve_path(path)?;
@@ -106,6 +137,8 @@ impl Embedded {
             }
         };
         txn.commit()?;
+        let mut db = db;
+        compact_file_if_mostly_free(&mut db, &path, opts.compact_file_above)?;
         tracing::info!(
             path = %path.display(),
             revision = current,
@@ -192,9 +225,15 @@ impl Embedded {
         self.read(move |txn| read::get(txn, &key)).await
     }
 
-    pub async fn range(&self, start: &[u8], end: &[u8], limit: usize) -> Result<RangeResult, Error> {
+    pub async fn range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<RangeResult, Error> {
         let (start, end) = (start.to_vec(), end.to_vec());
-        self.read(move |txn| read::range(txn, &start, &end, limit)).await
+        self.read(move |txn| read::range(txn, &start, &end, limit))
+            .await
     }
 
     pub async fn count(&self, start: &[u8], end: &[u8]) -> Result<u64, Error> {
@@ -272,12 +311,13 @@ impl Embedded {
     /// Stops the writer after the requests already sent, then closes the file. Watchers end
     /// with `Error::Closed`; later calls fail with `Error::Closed`.
     pub async fn shutdown(&self) -> Result<(), Error> {
-        let live = self
-            .live
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        let Some(Live { db, requests, events }) = live else {
+        let live = self.live.write().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(Live {
+            db,
+            requests,
+            events,
+        }) = live
+        else {
             return Ok(());
         };
         drop((requests, events));
@@ -314,9 +354,18 @@ impl Drop for Embedded {
     fn drop(&mut self) {
         // Without an explicit close, still stop the writer before the handle is gone, so that
         // the file lock is released when the last Store is dropped.
-        let live = self.live.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        let live = self
+            .live
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         drop(live);
-        if let Some(w) = self.writer.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(w) = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             let _ = w.join();
         }
     }

@@ -14,7 +14,9 @@ fn corrupt(msg: String) -> Result<(), Error> {
 pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), Error> {
     let (current, compacted) = read::meta(txn)?;
     if current < 1 || compacted < 0 || compacted > current {
-        return corrupt(format!("counters out of order: current {current}, compacted {compacted}"));
+        return corrupt(format!(
+            "counters out of order: current {current}, compacted {compacted}"
+        ));
     }
     // The log holds exactly one record per revision in (compacted, current]; revision 1 is
     // the empty store and has none.
@@ -42,7 +44,10 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), Error> {
     for item in kv.range::<&[u8]>(..)? {
         let (k, v) = item?;
         let kv = codec::decode_kv(k.value(), v.value())?;
-        if kv.create_revision < 2 || kv.create_revision > kv.mod_revision || kv.mod_revision > current {
+        if kv.create_revision < 2
+            || kv.create_revision > kv.mod_revision
+            || kv.mod_revision > current
+        {
             return corrupt(format!(
                 "key {:?} has create {} mod {} with current {current}",
                 String::from_utf8_lossy(&kv.key),

@@ -67,7 +67,13 @@ impl Drop for Attached {
 type Out = mpsc::Sender<Result<WatchMessage, Error>>;
 
 impl Watcher {
-    async fn run(mut self, out: Out, progress: Arc<Notify>, interval: Duration, _attached: Attached) {
+    async fn run(
+        mut self,
+        out: Out,
+        progress: Arc<Notify>,
+        interval: Duration,
+        _attached: Attached,
+    ) {
         let mut ticker = (!interval.is_zero()).then(|| {
             let mut t = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             t.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -200,6 +206,8 @@ impl Watcher {
     }
 
     async fn progress(&self, out: &Out) -> bool {
-        out.send(Ok(WatchMessage::Progress(self.last))).await.is_ok()
+        out.send(Ok(WatchMessage::Progress(self.last)))
+            .await
+            .is_ok()
     }
 }

@@ -71,7 +71,11 @@ enum Reply {
 
 impl Writer {
     pub fn run(mut self) {
-        tracing::debug!(loop_name = "store-writer", revision = self.current, "started");
+        tracing::debug!(
+            loop_name = "store-writer",
+            revision = self.current,
+            "started"
+        );
         let mut compact_target = self.compacted;
         let mut compact_waiters: Vec<(Revision, oneshot::Sender<Result<(), Error>>)> = Vec::new();
         let interval = self.opts.compaction_interval.max(Duration::from_millis(10));
@@ -107,10 +111,10 @@ impl Writer {
                 next_auto = Instant::now() + interval;
                 compact_target = compact_target.max(self.retain_floor());
             }
-            // Keep the log bounded whatever the interval: trim once it holds twice the
-            // retained history.
+            // Keep the log bounded whatever the interval and write rate: trim once it holds
+            // a quarter more than the retained history.
             let retain = self.opts.retain_revisions.min(i64::MAX as u64 / 4) as i64;
-            if self.current - self.compacted > 2 * retain.max(1) {
+            if self.current - self.compacted > retain + (retain / 4).max(1) {
                 compact_target = compact_target.max(self.retain_floor());
             }
             // Explicit compaction requests join the target; they are answered once reached.
@@ -134,7 +138,11 @@ impl Writer {
         }
         // Dropping the broadcast sender ends every watcher with `Closed` once the last store
         // handle is gone.
-        tracing::debug!(loop_name = "store-writer", revision = self.current, "stopped");
+        tracing::debug!(
+            loop_name = "store-writer",
+            revision = self.current,
+            "stopped"
+        );
     }
 
     /// The compaction target that keeps `retain_revisions` of history.
@@ -179,7 +187,9 @@ impl Writer {
         }
         let writes = (self.current - start_rev) as u64;
         self.counters.current.store(self.current, Ordering::SeqCst);
-        self.counters.compacted.store(self.compacted, Ordering::SeqCst);
+        self.counters
+            .compacted
+            .store(self.compacted, Ordering::SeqCst);
         self.counters.commits.fetch_add(1, Ordering::Relaxed);
         self.counters.writes.fetch_add(writes, Ordering::Relaxed);
         if !events.is_empty() {
@@ -256,7 +266,9 @@ impl Writer {
                 }
             }
             if compact_to > self.compacted {
-                log.retain_in((self.compacted + 1) as u64..=compact_to as u64, |_, _| false)?;
+                log.retain_in((self.compacted + 1) as u64..=compact_to as u64, |_, _| {
+                    false
+                })?;
                 self.compacted = compact_to;
             }
             let mut meta = txn.open_table(META)?;
@@ -277,7 +289,9 @@ impl Writer {
     ) -> Result<(TxnOutcome, Option<Event>), Error> {
         let current = {
             let found = kv.get(key.as_slice())?;
-            found.map(|g| codec::decode_kv(&key, g.value())).transpose()?
+            found
+                .map(|g| codec::decode_kv(&key, g.value()))
+                .transpose()?
         };
         let ok = match cmp {
             Compare::Any => true,
