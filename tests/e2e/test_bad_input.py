@@ -45,6 +45,8 @@ class Raw:
         r = conn.getresponse()
         data = r.read()
         conn.close()
+        if r.getheader("Content-Encoding") == "gzip":
+            return r.status, data, r
         try:
             parsed = json.loads(data)
         except ValueError:
@@ -207,3 +209,15 @@ def test_finalizers_hold_deletion(raw, ns):
     code, body, _ = raw.request("PATCH", f"/api/v1/namespaces/{ns}/configmaps/fin", body='{"metadata":{"finalizers":null}}', ctype="application/merge-patch+json")
     assert code == 200
     assert raw.request("GET", f"/api/v1/namespaces/{ns}/configmaps/fin")[0] == 404
+
+
+def test_large_lists_are_gzipped_for_clients_that_accept_it(raw, ns, kubectl):
+    import gzip
+
+    for i in range(40):
+        assert raw.request("POST", f"/api/v1/namespaces/{ns}/configmaps", body=cm(f"g{i}", data={"a": "x" * 4000}))[0] == 201
+    code, body, resp = raw.request("GET", f"/api/v1/namespaces/{ns}/configmaps", headers={"Accept-Encoding": "gzip"})
+    assert code == 200 and resp.getheader("Content-Encoding") == "gzip"
+    assert len(json.loads(gzip.decompress(body))["items"]) == 40
+    # kubectl accepts gzip and sees the same list.
+    assert len(kubectl("get", "cm", "-n", ns, "-o", "name").split()) >= 40

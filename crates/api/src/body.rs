@@ -39,6 +39,12 @@ pub fn parse_object(bytes: &[u8], ct: &str) -> ApiResult<Value> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ApiError::bad_request("the body of the request was empty"));
     }
+    if corral_apimachinery::protobuf::is_protobuf_content_type(ct) {
+        // kubectl's typed commands (create namespace/configmap/deployment...) send protobuf.
+        return corral_apimachinery::protobuf::decode(bytes).map_err(|e| {
+            ApiError::bad_request(format!("failed to decode protobuf request body: {e}"))
+        });
+    }
     let is_yaml = ct.contains("yaml");
     let v: Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,

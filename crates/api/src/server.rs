@@ -95,7 +95,12 @@ async fn dispatch(AxState(st): AxState<Shared>, req: Request<Body>) -> Response 
     }
     // A bug must cost one request a 500, never the connection or the server.
     let method = req.method().clone();
-    match std::panic::AssertUnwindSafe(route(&st, req, &path))
+    let gzip_ok = req
+        .headers()
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|e| e.trim().starts_with("gzip")));
+    let resp = match std::panic::AssertUnwindSafe(route(&st, req, &path))
         .catch_unwind()
         .await
     {
@@ -105,6 +110,40 @@ async fn dispatch(AxState(st): AxState<Shared>, req: Request<Body>) -> Response 
             tracing::error!(%method, %path, "request handler panicked");
             ApiError::internal("internal error while handling the request").into_response()
         }
+    };
+    if gzip_ok {
+        compress(resp).await
+    } else {
+        resp
+    }
+}
+
+/// Like upstream, gzip complete responses over 128 KiB for clients that accept it (big
+/// lists); streams (watch) have no known size and pass through untouched.
+async fn compress(resp: Response) -> Response {
+    use axum::body::HttpBody;
+    const MIN: u64 = 128 * 1024;
+    let big = resp.body().size_hint().exact().is_some_and(|n| n >= MIN);
+    if !big || resp.headers().contains_key(header::CONTENT_ENCODING) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return ApiError::internal("failed to read response body").into_response();
+    };
+    let compressed = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&bytes).and_then(|_| enc.finish())
+    })
+    .await;
+    match compressed {
+        Ok(Ok(gz)) => {
+            parts.headers.insert(header::CONTENT_ENCODING, header::HeaderValue::from_static("gzip"));
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, Body::from(gz))
+        }
+        _ => ApiError::internal("failed to compress response").into_response(),
     }
 }
 

@@ -6,3 +6,4 @@
 pub mod printers;
 pub mod selectors;
 pub mod patch;
+pub mod protobuf;

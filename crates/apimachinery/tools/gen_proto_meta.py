@@ -337,6 +337,56 @@ def message_fields(u, pkg, name, warnings):
     return out
 
 
+def parse_proto(src):
+    """generated.proto -> {message name: {number: (label, type)}}, label in opt|rep|map."""
+    src = strip_comments(src)
+    out = {}
+    for m in re.finditer(r"^message\s+(\w+)\s*\{", src, re.M):
+        body = brace_body(src, m.end() - 1)
+        fields = {}
+        for f in re.finditer(r"(optional|repeated)\s+([\w.]+)\s+\w+\s*=\s*(\d+)", body):
+            fields[int(f.group(3))] = ("rep" if f.group(1) == "repeated" else "opt", f.group(2))
+        for f in re.finditer(r"map<\s*string\s*,\s*([\w.]+)\s*>\s+\w+\s*=\s*(\d+)", body):
+            fields[int(f.group(2))] = ("map", f.group(1))
+        out[m.group(1)] = fields
+    return out
+
+
+def check_against_proto(types, protos):
+    """Cross-check the table with the generated.proto files of the same tag: the struct tags
+    are hand-maintained and some disagree with the real .proto (see the warnings), so every
+    field number, label and type is compared with what go-to-protobuf actually generated."""
+    errors = []
+    for tname, fields in types.items():
+        prefix, name = tname.rsplit(".", 1)
+        msg = protos.get(prefix, {}).get(name)
+        if msg is None:
+            errors.append("%s: no message in generated.proto" % tname)
+            continue
+        ours = {f[0]: f for f in fields}
+        if set(ours) != set(msg):
+            errors.append("%s: field numbers %s vs proto %s" % (tname, sorted(ours), sorted(msg)))
+            continue
+        for num, (label, ptype) in msg.items():
+            f = ours[num]
+            kind, flags = f[2], f[3]
+            ref = f[4] if len(f) > 4 else None
+            want_label = "map" if kind == "map" else ("rep" if "r" in flags else "opt")
+            if label != want_label:
+                errors.append("%s.%s: label %s vs proto %s" % (tname, f[1], want_label, label))
+            if kind == "map":
+                want = ref if not ref.startswith("[]") else None
+            elif kind == "message":
+                want = ref
+            else:
+                want = kind
+            if want is None:
+                continue  # a named-slice wrapper (ExtraValue); the proto names the wrapper
+            if ptype.rsplit(".", 1)[-1] != want.rsplit(".", 1)[-1]:
+                errors.append("%s.%s: type %s vs proto %s" % (tname, f[1], want, ptype))
+    return errors
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--api-git", required=True)
@@ -385,6 +435,16 @@ def main():
             if ref and ref in by_name and ref not in SPECIAL.values() and ref not in seen:
                 seen.add(ref)
                 queue.append(ref)
+
+    protos = {}
+    for (version, pkg), g in zip(served, API_GROUPS):
+        protos[pkg.prefix[:-1]] = parse_proto(
+            git(args.api_git, "show", "%s:%s/generated.proto" % (args.tag, g)))
+    protos[META_PREFIX[:-1]] = parse_proto(
+        git(args.apimachinery_git, "show", "%s:%s/generated.proto" % (args.tag, META_DIR)))
+    errors = check_against_proto(types, protos)
+    if errors:
+        sys.exit("generated.proto disagrees:\n  " + "\n  ".join(errors))
 
     sources = {
         "kubernetes/api": {"tag": args.tag,

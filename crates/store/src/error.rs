@@ -40,8 +40,9 @@ pub enum Error {
     /// The store was closed, or its writer thread stopped.
     #[error("store is closed")]
     Closed,
-    /// `watch` needs a tokio runtime to run the watcher on.
-    #[error("watch must be called from within a tokio runtime")]
+    /// A watch stream must be polled inside a tokio runtime (it reads history on its
+    /// blocking pool).
+    #[error("watch streams must be polled from within a tokio runtime")]
     NoRuntime,
 }
 

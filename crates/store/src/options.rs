@@ -22,11 +22,9 @@ pub struct EmbeddedOptions {
     pub cache_size: usize,
     /// Most requests one group commit takes (bounds the latency of a single transaction).
     pub max_batch: usize,
-    /// Capacity, in committed batches, of the fan-out to watchers; a watcher that falls
-    /// further behind catches up from the log instead.
+    /// Capacity, in committed batches, of the fan-out to watchers; a watcher whose consumer
+    /// falls further behind catches up from the log instead.
     pub watch_channel_capacity: usize,
-    /// Events buffered per watcher between the store and its consumer.
-    pub watcher_buffer: usize,
     /// At open, a file at least this large that is more than half free space (after mass
     /// deletes, say) is compacted to give the space back. Freed pages are reused in any case,
     /// so this only matters after the live data shrank. `u64::MAX` disables it.
@@ -44,7 +42,6 @@ impl Default for EmbeddedOptions {
             cache_size: 64 * 1024 * 1024,
             max_batch: 1024,
             watch_channel_capacity: 1024,
-            watcher_buffer: 128,
             compact_file_above: 64 * 1024 * 1024,
         }
     }

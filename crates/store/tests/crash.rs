@@ -170,7 +170,7 @@ async fn check(dir: &Path, acks: &[Ack]) -> (i64, usize) {
                 );
                 if kv.mod_revision == a.revision {
                     assert!(
-                        a.put && kv.value == Bytes::from(a.value.clone()),
+                        a.put && kv.value == a.value.as_bytes(),
                         "{key}: {kv:?} vs {a:?}"
                     );
                 }
@@ -188,6 +188,56 @@ async fn check(dir: &Path, acks: &[Ack]) -> (i64, usize) {
     let rev = store.current_revision();
     store.close().await;
     (rev, history.len())
+}
+
+/// Runs the helper child on `dir`, kills it with SIGKILL after `delay`, and returns the
+/// complete lines it printed (a line cut by the kill was not fully reported).
+fn run_child(exe: &Path, dir: &Path, round: usize, delay: Duration) -> Vec<String> {
+    let mut child = Command::new(exe)
+        .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, dir)
+        .env("CORRAL_STORE_CRASH_ROUND", round.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut lines = Vec::new();
+        let mut buf = Vec::new();
+        while r.read_until(b'\n', &mut buf).unwrap_or(0) > 0 {
+            if buf.ends_with(b"\n") {
+                lines.push(String::from_utf8_lossy(&buf).trim_end().to_string());
+            }
+            buf.clear();
+        }
+        lines
+    });
+    std::thread::sleep(delay);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    reader.join().unwrap()
+}
+
+/// Kills in the first milliseconds, while the store file is being created: the next open
+/// must find either no store or a complete one, never a half-written file.
+#[test]
+fn crash_while_creating_the_store() {
+    let exe = std::env::current_exe().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for (i, ms) in [2u64, 5, 8, 10, 12, 14, 16, 18, 20, 25, 30, 40]
+        .into_iter()
+        .enumerate()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let lines = run_child(&exe, dir.path(), i, Duration::from_millis(ms));
+        let acks: Vec<Ack> = lines.iter().filter_map(|l| parse(l)).collect();
+        rt.block_on(check(dir.path(), &acks));
+    }
 }
 
 #[test]
@@ -212,34 +262,9 @@ fn acknowledged_writes_survive_sigkill() {
     let exe = std::env::current_exe().unwrap();
     let mut acks: Vec<Ack> = Vec::new();
     for round in 0..ROUNDS {
-        let mut child = Command::new(&exe)
-            .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, dir.path())
-            .env("CORRAL_STORE_CRASH_ROUND", round.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut r = BufReader::new(stdout);
-            let mut lines = Vec::new();
-            let mut buf = Vec::new();
-            // Only complete lines: a line cut by the kill was not fully reported.
-            while r.read_until(b'\n', &mut buf).unwrap_or(0) > 0 {
-                if buf.ends_with(b"\n") {
-                    lines.push(String::from_utf8_lossy(&buf).trim_end().to_string());
-                }
-                buf.clear();
-            }
-            lines
-        });
         let delay = Duration::from_millis(10 + rng.below(291));
         let started = Instant::now();
-        std::thread::sleep(delay);
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-        let lines = reader.join().unwrap();
+        let lines = run_child(&exe, dir.path(), round, delay);
         let before = acks.len();
         acks.extend(lines.iter().filter_map(|l| parse(l)));
         let (rev, hist) = rt.block_on(check(dir.path(), &acks));

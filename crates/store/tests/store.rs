@@ -436,3 +436,19 @@ async fn file_shrinks_at_open_after_mass_delete() {
     s.verify().await.unwrap();
     s.close().await;
 }
+
+#[test]
+fn abandoned_creation_is_ignored_and_removed() {
+    // What a kill during the very first open leaves behind: a half-written temporary file.
+    let dir = tempfile::tempdir().unwrap();
+    let stale = dir.path().join("store.redb.creating.4242");
+    std::fs::write(&stale, b"half a header").unwrap();
+    let s = Store::open_embedded(dir.path(), EmbeddedOptions::default()).unwrap();
+    assert_eq!(s.current_revision(), 1);
+    assert!(!stale.exists());
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec![corral_store::FILE_NAME.to_string()]);
+}

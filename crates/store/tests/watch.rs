@@ -161,9 +161,8 @@ async fn two_watchers_see_the_same_history() {
 async fn lagging_watcher_catches_up_from_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let o = EmbeddedOptions {
-        // A tiny fan-out and buffer so that a watcher that is not read falls behind at once.
+        // A tiny fan-out so that a watcher that is not read falls behind at once.
         watch_channel_capacity: 2,
-        watcher_buffer: 1,
         ..opts()
     };
     let s = Store::open_embedded(dir.path(), o).unwrap();
@@ -185,7 +184,6 @@ async fn compaction_ends_a_lagging_watch_and_refuses_old_starts() {
     let dir = tempfile::tempdir().unwrap();
     let o = EmbeddedOptions {
         watch_channel_capacity: 2,
-        watcher_buffer: 1,
         ..opts()
     };
     let s = Store::open_embedded(dir.path(), o).unwrap();
@@ -321,6 +319,70 @@ async fn many_watchers_on_one_prefix() {
     for w in &mut watchers {
         let evs = events(w, 200).await;
         assert_eq!(evs.last().unwrap().revision(), last);
+    }
+    s.close().await;
+}
+
+#[tokio::test]
+async fn replay_keeps_prev_even_when_its_revision_is_compacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_embedded(dir.path(), opts()).unwrap();
+    let r1 = put(&s, "/k", "v1").await;
+    let r2 = put(&s, "/k", "v2").await;
+    s.compact(r1).await.unwrap();
+    let mut w = s.watch(b"/k", b"/l", r1).unwrap();
+    let ev = next_event(&mut w).await;
+    assert_eq!(ev.revision(), r2);
+    let prev = ev.prev.unwrap();
+    assert_eq!((prev.mod_revision, prev.value), (r1, b("v1")));
+    s.close().await;
+}
+
+#[tokio::test]
+async fn watch_from_a_future_revision_skips_until_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_embedded(dir.path(), opts()).unwrap();
+    let now = s.current_revision();
+    let mut w = s.watch(b"", b"", now + 2).unwrap();
+    put(&s, "/a", "1").await;
+    put(&s, "/a", "2").await;
+    let r3 = put(&s, "/a", "3").await;
+    let ev = next_event(&mut w).await;
+    assert_eq!(ev.revision(), r3);
+    assert_eq!(ev.revision(), now + 3);
+    s.close().await;
+}
+
+#[tokio::test]
+async fn progress_requested_while_replaying_comes_after_the_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open_embedded(
+        dir.path(),
+        EmbeddedOptions {
+            fsync: false, // many sequential writes; durability is not under test
+            ..opts()
+        },
+    )
+    .unwrap();
+    let start = s.current_revision();
+    for i in 0..3000 {
+        // More than one catch-up step (1024 records).
+        put(&s, &format!("/r/{}", i % 10), "v").await;
+    }
+    let last = s.current_revision();
+    let mut w = s.watch(b"/r/", b"/r0", start).unwrap();
+    w.request_progress();
+    let mut n = 0;
+    loop {
+        match tokio::time::timeout(WAIT, w.next()).await.unwrap() {
+            Some(Ok(WatchMessage::Event(_))) => n += 1,
+            Some(Ok(WatchMessage::Progress(p))) => {
+                assert_eq!(n, 3000, "progress before all replayed events");
+                assert_eq!(p, last);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
     }
     s.close().await;
 }

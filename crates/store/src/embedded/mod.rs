@@ -2,6 +2,7 @@
 //! and a broadcast fan-out of committed batches to watchers.
 
 mod codec;
+mod file;
 mod read;
 mod verify;
 mod watcher;
@@ -14,18 +15,16 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use redb::{Database, DatabaseError, ReadTransaction, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadTransaction, ReadableDatabase};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::{
     Compare, EmbeddedOptions, Error, KeyValue, RangeResult, Revision, StoreStats, TxnOutcome,
     WatchStream,
 };
-use codec::{KV, LOG, META, META_COMPACTED, META_CURRENT};
 use writer::{Batch, Request, Writer};
 
-/// Name of the store file when a directory is given.
-pub const FILE_NAME: &str = "store.redb";
+pub use file::FILE_NAME;
 
 /// Counters published by the writer for lock-free reads of the revisions and for stats.
 #[derive(Debug, Default)]
@@ -53,92 +52,11 @@ pub(crate) struct Embedded {
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// `dir_or_file`: an existing directory, or a path without extension (created as a
-/// directory), holds `store.redb`; anything else is the file itself.
-fn resolve_path(path: &Path) -> Result<PathBuf, Error> {
-    if path.is_dir() {
-        return Ok(path.join(FILE_NAME));
-    }
-    if path.exists() || path.extension().is_some() {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
-        }
-        return Ok(path.to_path_buf());
-    }
-    std::fs::create_dir_all(path).map_err(|e| Error::io(path, e))?;
-    Ok(path.join(FILE_NAME))
-}
-
-fn open_error(path: &Path, e: DatabaseError) -> Error {
-    match e {
-        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => Error::Locked {
-            path: path.to_path_buf(),
-        },
-        DatabaseError::Storage(redb::StorageError::Io(io)) => Error::io(path, io),
-        other => other.into(),
-    }
-}
-
-/// Gives free space back to the file system when most of the file is free. Only at open,
-/// where this handle is the only user: redb's compaction needs no live transaction.
-fn compact_file_if_mostly_free(db: &mut Database, path: &Path, above: u64) -> Result<(), Error> {
-    let len = std::fs::metadata(path)
-        .map_err(|e| Error::io(path, e))?
-        .len();
-    if len < above {
-        return Ok(());
-    }
-    let txn = db.begin_write()?;
-    let stats = txn.stats()?;
-    txn.abort()?;
-    let used = stats.allocated_pages() * stats.page_size() as u64;
-    if used.saturating_mul(2) > len {
-        return Ok(());
-    }
-    let started = Instant::now();
-    while db.compact()? {}
-    let after = std::fs::metadata(path)
-        .map_err(|e| Error::io(path, e))?
-        .len();
-    tracing::info!(
-        path = %path.display(),
-        before_bytes = len,
-        after_bytes = after,
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "compacted store file"
-    );
-    Ok(())
-}
-
 impl Embedded {
     pub fn open(path: &Path, opts: EmbeddedOptions) -> Result<Embedded, Error> {
-        let path = resolve_path(path)?;
+        let path = file::resolve_path(path)?;
         let started = Instant::now();
-        let db = Database::builder()
-            .set_cache_size(opts.cache_size)
-            .create(&path)
-            .map_err(|e| open_error(&path, e))?;
-        // Create the tables and counters of a new file; read the counters of an old one.
-        // Nothing here scans history, so opening is fast whatever the log holds.
-        let txn = db.begin_write()?;
-        let (current, compacted) = {
-            txn.open_table(KV)?;
-            txn.open_table(LOG)?;
-            let mut meta = txn.open_table(META)?;
-            let current = meta.get(META_CURRENT)?.map(|g| g.value());
-            let compacted = meta.get(META_COMPACTED)?.map(|g| g.value());
-            match (current, compacted) {
-                (Some(c), Some(k)) => (c, k),
-                _ => {
-                    meta.insert(META_CURRENT, 1)?;
-                    meta.insert(META_COMPACTED, 0)?;
-                    (1, 0)
-                }
-            }
-        };
-        txn.commit()?;
-        let mut db = db;
-        compact_file_if_mostly_free(&mut db, &path, opts.compact_file_above)?;
+        let (db, current, compacted) = file::open(&path, &opts)?;
         tracing::info!(
             path = %path.display(),
             revision = current,
@@ -277,7 +195,6 @@ impl Embedded {
     }
 
     pub fn watch(&self, start: &[u8], end: &[u8], after: Revision) -> Result<WatchStream, Error> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let (db, events) = self.with_live(|l| Ok((Arc::downgrade(&l.db), l.events.subscribe())))?;
         // Subscribed first, so that every batch committed after the counters read below is
         // either received live or found in the log: no gap.
@@ -293,18 +210,15 @@ impl Embedded {
         } else {
             (after, true)
         };
-        Ok(watcher::spawn(
-            &runtime,
-            watcher::Watcher {
-                db,
-                counters: self.counters.clone(),
-                events,
-                start: start.to_vec(),
-                end: end.to_vec(),
-                last,
-                catch_up,
-            },
-            &self.opts,
+        Ok(watcher::watch(
+            db,
+            self.counters.clone(),
+            events,
+            start,
+            end,
+            last,
+            catch_up,
+            self.opts.progress_interval,
         ))
     }
 
@@ -333,7 +247,7 @@ impl Embedded {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 match Arc::try_unwrap(db) {
-                    Ok(db) => return db.close().map_err(|e| open_error(&path, e)),
+                    Ok(db) => return db.close().map_err(|e| file::open_error(&path, e)),
                     Err(still_shared) if Instant::now() < deadline => {
                         db = still_shared;
                         std::thread::sleep(Duration::from_millis(5));

@@ -29,15 +29,13 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), Error> {
             log.len()?
         ));
     }
-    let mut want: Revision = first + 1;
-    for item in log.range::<u64>(..)? {
+    for (want, item) in (first + 1..).zip(log.range::<u64>(..)?) {
         let (rev, raw) = item?;
         let rev = rev.value() as Revision;
         if rev != want {
             return corrupt(format!("log record {rev} where {want} was expected"));
         }
         codec::decode_log(rev, raw.value())?;
-        want += 1;
     }
     // Every latest value is consistent with the counters and, if not compacted, the log.
     let kv = txn.open_table(KV)?;

@@ -1,61 +1,54 @@
-//! One watcher task per watch: replays history from the log, then follows the live
-//! fan-out of committed batches, and falls back to the log whenever it lags.
+//! The embedded backend's watcher: replays history from the log, then follows the live
+//! fan-out of committed batches, and falls back to the log whenever it lags. It runs in the
+//! consumer's task, inside `WatchStream::poll_next`.
 //!
 //! The invariant is `last`: every revision up to it has been looked at (and matching events
-//! sent), so nothing at or below it is ever sent again and nothing above it is skipped.
+//! queued), so nothing at or below it is ever sent again and nothing above it is skipped.
 //! Live batches are subscribed to before the log is read, so a batch is either in the log
-//! snapshot or received afterwards. A consumer that stops reading blocks only its own task;
-//! its broadcast receiver then lags and it catches up from the log, or, if that history was
-//! compacted meanwhile, its stream ends with `Error::Compacted` (the client re-lists).
+//! snapshot or received afterwards. A consumer that stops reading only lets its broadcast
+//! receiver lag (memory stays bounded by the channel); when it reads again it catches up
+//! from the log or, if that history was compacted meanwhile, gets `Error::Compacted` and the
+//! stream ends (the client re-lists).
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use redb::{Database, ReadableDatabase};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::{broadcast, mpsc, Notify};
-use tokio::time::MissedTickBehavior;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::{Interval, MissedTickBehavior};
 
 use super::read::{self, LogChunk};
 use super::writer::Batch;
 use super::Counters;
 use crate::types::in_range;
-use crate::{EmbeddedOptions, Error, Event, Revision, WatchMessage, WatchStream};
+use crate::{Error, Event, Revision, WatchMessage, WatchStream};
 
 /// Log records read per catch-up step: bounds the memory and blocking time of one step.
 const CATCH_UP_SCAN: usize = 1024;
 
 pub(crate) struct Watcher {
     /// Weak so that watchers do not keep a closed store's file open.
-    pub db: Weak<Database>,
-    pub counters: Arc<Counters>,
-    pub events: broadcast::Receiver<Arc<Batch>>,
-    pub start: Vec<u8>,
-    pub end: Vec<u8>,
-    pub last: Revision,
-    pub catch_up: bool,
+    db: Weak<Database>,
+    events: broadcast::Receiver<Arc<Batch>>,
+    start: Vec<u8>,
+    end: Vec<u8>,
+    last: Revision,
+    catch_up: bool,
+    pending: VecDeque<WatchMessage>,
+    progress_requests: mpsc::Receiver<()>,
+    progress_interval: Duration,
+    /// Created on first poll: a timer needs the runtime, `watch()` does not.
+    ticker: Option<Interval>,
+    sent_since_tick: bool,
+    progress_asked: bool,
+    done: bool,
+    _attached: Attached,
 }
 
-pub(crate) fn spawn(
-    runtime: &tokio::runtime::Handle,
-    watcher: Watcher,
-    opts: &EmbeddedOptions,
-) -> WatchStream {
-    let (tx, rx) = mpsc::channel(opts.watcher_buffer.max(1));
-    let progress = Arc::new(Notify::new());
-    // Counted here rather than in the task, so the gauge is right as soon as this returns.
-    watcher.counters.watchers.fetch_add(1, Ordering::Relaxed);
-    let attached = Attached(watcher.counters.clone());
-    let task = runtime.spawn(watcher.run(tx, progress.clone(), opts.progress_interval, attached));
-    WatchStream {
-        rx,
-        progress,
-        task: task.abort_handle(),
-    }
-}
-
-/// Keeps the watcher gauge right however the task ends (including abort).
+/// Keeps the watcher gauge right however the watch ends.
 struct Attached(Arc<Counters>);
 
 impl Drop for Attached {
@@ -64,48 +57,71 @@ impl Drop for Attached {
     }
 }
 
-type Out = mpsc::Sender<Result<WatchMessage, Error>>;
+enum Wake {
+    Batch(Result<Arc<Batch>, RecvError>),
+    Progress,
+    Tick,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn watch(
+    db: Weak<Database>,
+    counters: Arc<Counters>,
+    events: broadcast::Receiver<Arc<Batch>>,
+    start: &[u8],
+    end: &[u8],
+    last: Revision,
+    catch_up: bool,
+    progress_interval: Duration,
+) -> WatchStream {
+    counters.watchers.fetch_add(1, Ordering::Relaxed);
+    let (progress, progress_requests) = mpsc::channel(1);
+    let watcher = Watcher {
+        db,
+        events,
+        start: start.to_vec(),
+        end: end.to_vec(),
+        last,
+        catch_up,
+        pending: VecDeque::new(),
+        progress_requests,
+        progress_interval,
+        ticker: None,
+        sent_since_tick: false,
+        progress_asked: false,
+        done: false,
+        _attached: Attached(counters),
+    };
+    let stream = futures::stream::unfold(watcher, |mut w| async move {
+        let msg = w.next().await?;
+        Some((msg, w))
+    });
+    WatchStream::new(Box::pin(stream), progress)
+}
 
 impl Watcher {
-    async fn run(
-        mut self,
-        out: Out,
-        progress: Arc<Notify>,
-        interval: Duration,
-        _attached: Attached,
-    ) {
-        let mut ticker = (!interval.is_zero()).then(|| {
-            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-            t.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            t
-        });
-        let mut sent_since_tick = false;
-        let mut progress_asked = false;
+    async fn next(&mut self) -> Option<Result<WatchMessage, Error>> {
         loop {
+            if let Some(m) = self.pending.pop_front() {
+                return Some(Ok(m));
+            }
+            if self.done {
+                return None;
+            }
             if self.catch_up {
-                let chunk = match self.read_log().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = out.send(Err(e)).await;
-                        return;
-                    }
-                };
-                for ev in chunk.events {
-                    sent_since_tick = true;
-                    if !self.send(&out, ev).await {
-                        return;
-                    }
-                }
-                self.last = self.last.max(chunk.scanned_to);
-                self.catch_up = !chunk.done;
-                if !self.catch_up && progress_asked {
-                    progress_asked = false;
-                    if !self.progress(&out).await {
-                        return;
-                    }
+                match self.read_log().await {
+                    Ok(chunk) => self.take_chunk(chunk),
+                    Err(e) => return self.fail(e),
                 }
                 continue;
             }
+            if self.ticker.is_none() && !self.progress_interval.is_zero() {
+                let first = tokio::time::Instant::now() + self.progress_interval;
+                let mut t = tokio::time::interval_at(first, self.progress_interval);
+                t.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                self.ticker = Some(t);
+            }
+            let ticker = &mut self.ticker;
             let tick = async {
                 match ticker.as_mut() {
                     Some(t) => {
@@ -114,100 +130,96 @@ impl Watcher {
                     None => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            let wake = tokio::select! {
                 biased;
-                _ = out.closed() => return,
-                r = self.events.recv() => match r {
-                    Ok(batch) => {
-                        sent_since_tick |= self.matches(&batch);
-                        if !self.deliver(&out, &batch).await {
-                            return;
-                        }
-                    }
-                    Err(RecvError::Lagged(n)) => {
-                        tracing::debug!(skipped_batches = n, after = self.last, "watcher lagged; catching up from the log");
-                        self.catch_up = true;
-                    }
-                    Err(RecvError::Closed) => {
-                        let _ = out.send(Err(Error::Closed)).await;
-                        return;
-                    }
-                },
-                _ = progress.notified() => {
+                r = self.events.recv() => Wake::Batch(r),
+                Some(()) = self.progress_requests.recv() => Wake::Progress,
+                _ = tick => Wake::Tick,
+            };
+            match wake {
+                Wake::Batch(Ok(batch)) => self.take_batch(&batch),
+                Wake::Batch(Err(RecvError::Lagged(n))) => {
+                    tracing::debug!(
+                        skipped_batches = n,
+                        after = self.last,
+                        "watcher lagged; catching up from the log"
+                    );
+                    self.catch_up = true;
+                }
+                Wake::Batch(Err(RecvError::Closed)) => return self.fail(Error::Closed),
+                Wake::Progress => {
                     // Take what is already published so the mark is as fresh as possible.
                     loop {
                         match self.events.try_recv() {
-                            Ok(batch) => {
-                                sent_since_tick |= self.matches(&batch);
-                                if !self.deliver(&out, &batch).await {
-                                    return;
-                                }
-                            }
+                            Ok(batch) => self.take_batch(&batch),
                             Err(TryRecvError::Empty) => break,
                             Err(TryRecvError::Lagged(_)) => {
                                 self.catch_up = true;
                                 break;
                             }
-                            Err(TryRecvError::Closed) => {
-                                let _ = out.send(Err(Error::Closed)).await;
-                                return;
-                            }
+                            Err(TryRecvError::Closed) => return self.fail(Error::Closed),
                         }
                     }
                     if self.catch_up {
-                        progress_asked = true;
-                    } else if !self.progress(&out).await {
-                        return;
+                        self.progress_asked = true;
+                    } else {
+                        self.pending.push_back(WatchMessage::Progress(self.last));
                     }
                 }
-                _ = tick => {
+                Wake::Tick => {
                     // Like etcd, only idle watchers get periodic progress.
-                    if !sent_since_tick && !self.progress(&out).await {
-                        return;
+                    if !self.sent_since_tick {
+                        self.pending.push_back(WatchMessage::Progress(self.last));
                     }
-                    sent_since_tick = false;
+                    self.sent_since_tick = false;
                 }
             }
         }
     }
 
+    /// Ends the stream with `e` (after what is already queued).
+    fn fail(&mut self, e: Error) -> Option<Result<WatchMessage, Error>> {
+        self.done = true;
+        self.pending.clear();
+        Some(Err(e))
+    }
+
     async fn read_log(&self) -> Result<LogChunk, Error> {
         let db = self.db.upgrade().ok_or(Error::Closed)?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let (after, start, end) = (self.last, self.start.clone(), self.end.clone());
-        tokio::task::spawn_blocking(move || {
-            let txn = db.begin_read()?;
-            read::log_after(&txn, after, CATCH_UP_SCAN, &start, &end)
-        })
-        .await
-        .map_err(|_| Error::Closed)?
+        runtime
+            .spawn_blocking(move || {
+                let txn = db.begin_read()?;
+                read::log_after(&txn, after, CATCH_UP_SCAN, &start, &end)
+            })
+            .await
+            .map_err(|_| Error::Closed)?
+    }
+
+    fn take_chunk(&mut self, chunk: LogChunk) {
+        self.sent_since_tick |= !chunk.events.is_empty();
+        self.pending
+            .extend(chunk.events.into_iter().map(WatchMessage::Event));
+        self.last = self.last.max(chunk.scanned_to);
+        self.catch_up = !chunk.done;
+        if !self.catch_up && self.progress_asked {
+            self.progress_asked = false;
+            self.pending.push_back(WatchMessage::Progress(self.last));
+        }
     }
 
     fn wanted(&self, ev: &Event) -> bool {
         ev.revision() > self.last && in_range(&ev.kv.key, &self.start, &self.end)
     }
 
-    fn matches(&self, batch: &Batch) -> bool {
-        batch.events.iter().any(|ev| self.wanted(ev))
-    }
-
-    /// Sends the batch's events this watcher wants; false when the consumer is gone.
-    async fn deliver(&mut self, out: &Out, batch: &Batch) -> bool {
+    fn take_batch(&mut self, batch: &Batch) {
         for ev in &batch.events {
-            if self.wanted(ev) && !self.send(out, ev.clone()).await {
-                return false;
+            if self.wanted(ev) {
+                self.pending.push_back(WatchMessage::Event(ev.clone()));
+                self.sent_since_tick = true;
             }
         }
         self.last = self.last.max(batch.last_revision());
-        true
-    }
-
-    async fn send(&self, out: &Out, ev: Event) -> bool {
-        out.send(Ok(WatchMessage::Event(ev))).await.is_ok()
-    }
-
-    async fn progress(&self, out: &Out) -> bool {
-        out.send(Ok(WatchMessage::Progress(self.last)))
-            .await
-            .is_ok()
     }
 }

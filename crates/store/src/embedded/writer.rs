@@ -24,6 +24,10 @@ use crate::{Compare, EmbeddedOptions, Error, Event, EventKind, KeyValue, Revisio
 /// spread over many commits and never stalls writers for long.
 const COMPACT_CHUNK: i64 = 8192;
 
+/// Value bytes one group commit takes at most (besides `max_batch` requests), so that a
+/// burst of large values does not make one huge transaction.
+const MAX_BATCH_BYTES: usize = 16 << 20;
+
 pub(crate) enum Request {
     Put {
         key: Vec<u8>,
@@ -40,6 +44,16 @@ pub(crate) enum Request {
         revision: Revision,
         reply: oneshot::Sender<Result<(), Error>>,
     },
+}
+
+impl Request {
+    fn size(&self) -> usize {
+        match self {
+            Request::Put { key, value, .. } => key.len() + value.len(),
+            Request::Delete { key, .. } => key.len(),
+            Request::Compact { .. } => 0,
+        }
+    }
 }
 
 /// The events of one commit, shared by all watchers.
@@ -64,9 +78,18 @@ pub(crate) struct Writer {
     pub compacted: Revision,
 }
 
+/// Who waits for what in a batch; separated from the work so that a failure anywhere in
+/// the transaction reaches every caller in it.
 enum Reply {
-    Txn(oneshot::Sender<Result<TxnOutcome, Error>>, TxnOutcome),
+    Txn(oneshot::Sender<Result<TxnOutcome, Error>>),
     Compact(Revision, oneshot::Sender<Result<(), Error>>),
+}
+
+/// One put (`value` is Some) or delete to apply.
+struct Op {
+    key: Vec<u8>,
+    value: Option<Bytes>,
+    cmp: Compare,
 }
 
 impl Writer {
@@ -99,10 +122,14 @@ impl Writer {
             };
             let mut batch = Vec::new();
             if let Some(r) = first {
+                let mut bytes = r.size();
                 batch.push(r);
-                while batch.len() < self.opts.max_batch {
+                while batch.len() < self.opts.max_batch && bytes < MAX_BATCH_BYTES {
                     match self.rx.try_recv() {
-                        Ok(r) => batch.push(r),
+                        Ok(r) => {
+                            bytes += r.size();
+                            batch.push(r);
+                        }
                         Err(_) => break,
                     }
                 }
@@ -159,15 +186,49 @@ impl Writer {
         compact_to: Revision,
         compact_waiters: &mut Vec<(Revision, oneshot::Sender<Result<(), Error>>)>,
     ) -> bool {
+        let mut ops = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for req in batch {
+            match req {
+                Request::Put {
+                    key,
+                    value,
+                    cmp,
+                    reply,
+                } => {
+                    ops.push(Op {
+                        key,
+                        value: Some(value),
+                        cmp,
+                    });
+                    replies.push(Reply::Txn(reply));
+                }
+                Request::Delete { key, cmp, reply } => {
+                    ops.push(Op {
+                        key,
+                        value: None,
+                        cmp,
+                    });
+                    replies.push(Reply::Txn(reply));
+                }
+                Request::Compact { revision, reply } if revision > self.current => {
+                    let _ = reply.send(Err(Error::FutureRevision {
+                        requested: revision,
+                        current_revision: self.current,
+                    }));
+                }
+                Request::Compact { revision, reply } => {
+                    replies.push(Reply::Compact(revision, reply));
+                }
+            }
+        }
         let start_rev = self.current;
         let start_compacted = self.compacted;
-        let mut replies = Vec::with_capacity(batch.len());
+        let mut outcomes = Vec::with_capacity(ops.len());
         let mut events = Vec::new();
-        let result = self.apply(batch, compact_to, &mut replies, &mut events);
-        let result = match result {
-            Ok(txn) => txn.commit().map_err(Error::from),
-            Err(e) => Err(e),
-        };
+        let result = self
+            .apply(ops, compact_to, &mut outcomes, &mut events)
+            .and_then(|txn| txn.commit().map_err(Error::from));
         if let Err(e) = result {
             tracing::error!(loop_name = "store-writer", error = %e, "commit failed");
             // Nothing of this batch is durable: roll the counters back and fail every caller.
@@ -175,7 +236,7 @@ impl Writer {
             self.compacted = start_compacted;
             for reply in replies {
                 match reply {
-                    Reply::Txn(tx, _) => {
+                    Reply::Txn(tx) => {
                         let _ = tx.send(Err(e.clone()));
                     }
                     Reply::Compact(_, tx) => {
@@ -196,9 +257,13 @@ impl Writer {
             // No receivers is not an error: nobody is watching.
             let _ = self.events.send(Arc::new(Batch { events }));
         }
+        let mut outcomes = outcomes.into_iter();
         for reply in replies {
             match reply {
-                Reply::Txn(tx, outcome) => {
+                Reply::Txn(tx) => {
+                    let Some(outcome) = outcomes.next() else {
+                        break; // one outcome per op, so never
+                    };
                     if matches!(outcome, TxnOutcome::Conflict { .. }) {
                         self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
                     }
@@ -220,9 +285,9 @@ impl Writer {
 
     fn apply(
         &mut self,
-        batch: Vec<Request>,
+        ops: Vec<Op>,
         compact_to: Revision,
-        replies: &mut Vec<Reply>,
+        outcomes: &mut Vec<TxnOutcome>,
         events: &mut Vec<Event>,
     ) -> Result<redb::WriteTransaction, Error> {
         let mut txn = self.db.begin_write()?;
@@ -235,35 +300,10 @@ impl Writer {
         {
             let mut kv = txn.open_table(KV)?;
             let mut log = txn.open_table(LOG)?;
-            for req in batch {
-                match req {
-                    Request::Put {
-                        key,
-                        value,
-                        cmp,
-                        reply,
-                    } => {
-                        let (outcome, event) =
-                            self.apply_one(&mut kv, &mut log, key, Some(value), cmp)?;
-                        events.extend(event);
-                        replies.push(Reply::Txn(reply, outcome));
-                    }
-                    Request::Delete { key, cmp, reply } => {
-                        let (outcome, event) = self.apply_one(&mut kv, &mut log, key, None, cmp)?;
-                        events.extend(event);
-                        replies.push(Reply::Txn(reply, outcome));
-                    }
-                    Request::Compact { revision, reply } => {
-                        if revision > self.current {
-                            let _ = reply.send(Err(Error::FutureRevision {
-                                requested: revision,
-                                current_revision: self.current,
-                            }));
-                        } else {
-                            replies.push(Reply::Compact(revision, reply));
-                        }
-                    }
-                }
+            for op in ops {
+                let (outcome, event) = self.apply_one(&mut kv, &mut log, op)?;
+                outcomes.push(outcome);
+                events.extend(event);
             }
             if compact_to > self.compacted {
                 log.retain_in((self.compacted + 1) as u64..=compact_to as u64, |_, _| {
@@ -283,9 +323,7 @@ impl Writer {
         &mut self,
         kv: &mut Table<&[u8], &[u8]>,
         log: &mut Table<u64, &[u8]>,
-        key: Vec<u8>,
-        value: Option<Bytes>,
-        cmp: Compare,
+        Op { key, value, cmp }: Op,
     ) -> Result<(TxnOutcome, Option<Event>), Error> {
         let current = {
             let found = kv.get(key.as_slice())?;
