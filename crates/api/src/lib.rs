@@ -15,6 +15,7 @@ pub mod fieldpath;
 pub mod filter;
 pub mod handlers;
 pub mod managed;
+pub mod metrics;
 pub mod namespaces;
 pub mod objects;
 pub mod openapi;

@@ -50,6 +50,7 @@ pub struct State {
     pub openapi: OpenApi,
     pub config: Config,
     pub ready: AtomicBool,
+    pub metrics: crate::metrics::Metrics,
 }
 
 pub type Shared = Arc<State>;
@@ -64,6 +65,7 @@ impl State {
             openapi,
             config,
             ready: AtomicBool::new(false),
+            metrics: crate::metrics::Metrics::new(),
         })
     }
 
@@ -94,6 +96,21 @@ async fn dispatch(AxState(st): AxState<Shared>, req: Request<Body>) -> Response 
         return ApiError::unauthorized().into_response();
     }
     // A bug must cost one request a 500, never the connection or the server.
+    if path == "/metrics" {
+        let stats = st.store.stats();
+        st.metrics.store_commits.set(stats.commits);
+        st.metrics.store_writes.set(stats.writes);
+        st.metrics.watchers.set(stats.watchers as i64);
+        st.metrics.store_revision.set(st.store.current_revision());
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            st.metrics.encode(),
+        )
+            .into_response();
+    }
+    let started = std::time::Instant::now();
+    let (verb, resource) = verb_and_resource(&req);
     let method = req.method().clone();
     let gzip_ok = req
         .headers()
@@ -111,11 +128,47 @@ async fn dispatch(AxState(st): AxState<Shared>, req: Request<Body>) -> Response 
             ApiError::internal("internal error while handling the request").into_response()
         }
     };
+    st.metrics
+        .requests
+        .get_or_create(&crate::metrics::RequestLabels {
+            verb: verb.to_string(),
+            resource,
+            code: resp.status().as_u16(),
+        })
+        .inc();
+    st.metrics
+        .duration
+        .get_or_create(&crate::metrics::VerbLabels { verb: verb.to_string() })
+        .observe(started.elapsed().as_secs_f64());
     if gzip_ok {
         compress(resp).await
     } else {
         resp
     }
+}
+
+/// The Kubernetes verb and resource of a request, for metrics.
+fn verb_and_resource(req: &Request<Body>) -> (&'static str, String) {
+    let t = parse_path(req.uri().path()).unwrap_or_default();
+    let named = t.name.is_some();
+    let watch = req.uri().query().is_some_and(|q| q.contains("watch=true") || q.contains("watch=1"));
+    let verb = match (req.method().as_str(), named) {
+        ("GET", true) => "GET",
+        ("GET", false) if watch => "WATCH",
+        ("GET", false) => "LIST",
+        ("POST", _) => "POST",
+        ("PUT", _) => "PUT",
+        ("PATCH", _) => "PATCH",
+        ("DELETE", true) => "DELETE",
+        ("DELETE", false) => "DELETECOLLECTION",
+        _ => "OTHER",
+    };
+    let resource = match (t.resource, t.subresource) {
+        (Some(r), Some(s)) => format!("{r}/{s}"),
+        (Some(r), None) => r,
+        _ => String::new(),
+    };
+    (verb, resource)
 }
 
 /// Like upstream, gzip complete responses over 128 KiB for clients that accept it (big
