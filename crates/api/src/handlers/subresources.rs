@@ -2,8 +2,8 @@
 //! resource that declares one, CRDs included), pod `binding` (how the scheduler assigns a
 //! node) and pod `log` (served by the node agent once pods run; until then a clear error).
 
-use super::write::{update_object, WriteCtx};
-use crate::body::{self, json_response, read_body};
+use super::write::{update_object, WriteInput};
+use crate::body::{self, json_response};
 use crate::error::{ApiError, ApiResult};
 use crate::patching::{self, PatchKind};
 use crate::registry::Resource;
@@ -107,15 +107,11 @@ pub async fn scale(
     if method != Method::PUT && method != Method::PATCH {
         return Err(ApiError::method_not_allowed("method not allowed on scale"));
     }
-    let ua = req
-        .headers()
-        .get(axum::http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("unknown")
-        .to_string();
-    let ctx = WriteCtx::from_query(q, &ua)?;
-    let ct = body::content_type(req.headers());
-    let bytes = read_body(req.into_body()).await?;
+    let WriteInput {
+        ctx,
+        content_type: ct,
+        bytes,
+    } = WriteInput::read(q, req).await?;
     let doc: Value = if method == Method::PUT {
         body::parse_object(&bytes, &ct)?
     } else {
@@ -185,10 +181,9 @@ pub async fn binding(
     q: &Query,
     req: Request<Body>,
 ) -> ApiResult<Response> {
-    let ctx = WriteCtx::from_query(q, "scheduler")?;
-    let ct = body::content_type(req.headers());
-    let bytes = read_body(req.into_body()).await?;
-    let b = body::parse_object(&bytes, &ct)?;
+    let input = WriteInput::read(q, req).await?;
+    let ctx = input.ctx.clone();
+    let b = input.object()?;
     let node = b["target"]["name"].as_str().unwrap_or("").to_string();
     if node.is_empty() {
         return Err(ApiError::invalid(

@@ -53,12 +53,35 @@ impl WriteCtx {
     }
 }
 
-fn user_agent(req: &Request<Body>) -> String {
-    req.headers()
-        .get(axum::http::header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("unknown")
-        .to_string()
+/// What a write request brings: its options, the body's Content-Type and the body.
+pub struct WriteInput {
+    pub ctx: WriteCtx,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
+impl WriteInput {
+    pub async fn read(q: &Query, req: Request<Body>) -> ApiResult<WriteInput> {
+        // The default field manager is the client's name, as upstream derives it.
+        let agent = req
+            .headers()
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("unknown")
+            .to_string();
+        let ctx = WriteCtx::from_query(q, &agent)?;
+        let content_type = body::content_type(req.headers());
+        let bytes = read_body(req.into_body()).await?;
+        Ok(WriteInput {
+            ctx,
+            content_type,
+            bytes,
+        })
+    }
+
+    pub fn object(&self) -> ApiResult<Value> {
+        body::parse_object(&self.bytes, &self.content_type)
+    }
 }
 
 const MAX_RETRIES: usize = 16;
@@ -70,11 +93,8 @@ pub async fn create(
     q: &Query,
     req: Request<Body>,
 ) -> ApiResult<Response> {
-    let ctx = WriteCtx::from_query(q, &user_agent(&req))?;
-    let ct = body::content_type(req.headers());
-    let bytes = read_body(req.into_body()).await?;
-    let obj = body::parse_object(&bytes, &ct)?;
-    let (out, warnings) = create_object(st, res, ns, obj, &ctx).await?;
+    let input = WriteInput::read(q, req).await?;
+    let (out, warnings) = create_object(st, res, ns, input.object()?, &input.ctx).await?;
     Ok(json_response(201, &out, &warnings))
 }
 
@@ -195,10 +215,9 @@ pub async fn update(
     q: &Query,
     req: Request<Body>,
 ) -> ApiResult<Response> {
-    let ctx = WriteCtx::from_query(q, &user_agent(&req))?;
-    let ct = body::content_type(req.headers());
-    let bytes = read_body(req.into_body()).await?;
-    let mut body_obj = body::parse_object(&bytes, &ct)?;
+    let input = WriteInput::read(q, req).await?;
+    let ctx = input.ctx.clone();
+    let mut body_obj = input.object()?;
     objects::check_type_meta(res, &mut body_obj)?;
     let body_name = body_obj["metadata"]["name"].as_str().unwrap_or("");
     if !body_name.is_empty() && body_name != name {
@@ -387,9 +406,11 @@ pub async fn patch(
     q: &Query,
     req: Request<Body>,
 ) -> ApiResult<Response> {
-    let mut ctx = WriteCtx::from_query(q, &user_agent(&req))?;
-    let ct = body::content_type(req.headers());
-    let bytes = read_body(req.into_body()).await?;
+    let WriteInput {
+        mut ctx,
+        content_type: ct,
+        bytes,
+    } = WriteInput::read(q, req).await?;
     let kind = patching::PatchKind::from_content_type(&ct)?;
     let force = q.flag("force");
     if kind == patching::PatchKind::Apply {
