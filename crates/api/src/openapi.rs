@@ -21,6 +21,7 @@ pub struct OpenApi {
 #[derive(Default)]
 struct Cache {
     generation: u64,
+    v2: Option<Arc<Vec<u8>>>,
     docs: BTreeMap<String, (Arc<Vec<u8>>, String)>,
     components: Option<Arc<Map<String, Value>>>,
 }
@@ -73,6 +74,7 @@ impl OpenApi {
         if c.generation != g || c.components.is_none() {
             c.generation = g;
             c.docs.clear();
+            c.v2 = None;
             c.components = Some(self.builtin.clone());
         }
         c
@@ -120,6 +122,41 @@ impl OpenApi {
         json!({ "paths": out })
     }
 
+    /// `/openapi/v2` as JSON (Swagger 2.0): every group-version in one document, for clients
+    /// that read it (kubectl asks for protobuf, which is not served).
+    pub fn v2(&self) -> Arc<Vec<u8>> {
+        if let Some(d) = self.refresh().v2.clone() {
+            return d;
+        }
+        let mut paths = Map::new();
+        let mut defs = Map::new();
+        let gvs: BTreeSet<String> = self.registry.all().iter().map(gv_path_of).collect();
+        for gv in gvs {
+            let Some((bytes, _)) = self.doc_for(&gv) else {
+                continue;
+            };
+            let Ok(doc) = serde_json::from_slice::<Value>(&bytes) else {
+                continue;
+            };
+            if let Some(p) = doc["paths"].as_object() {
+                paths.extend(p.clone());
+            }
+            if let Some(d) = doc["components"]["schemas"].as_object() {
+                defs.extend(d.clone());
+            }
+        }
+        let mut doc = json!({
+            "swagger": "2.0",
+            "info": {"title": "Kubernetes", "version": "v1.33.0"},
+            "paths": paths,
+            "definitions": defs,
+        });
+        rewrite_refs(&mut doc);
+        let bytes = Arc::new(serde_json::to_vec(&doc).unwrap_or_default());
+        self.refresh().v2 = Some(bytes.clone());
+        bytes
+    }
+
     /// `/openapi/v3/<gv_path>`, e.g. `api/v1` or `apis/apps/v1`.
     pub fn document(&self, gv_path: &str) -> Option<Arc<Vec<u8>>> {
         self.doc_for(gv_path).map(|(d, _)| d)
@@ -144,6 +181,21 @@ fn annotate_patch_strategies(defs: &mut Map<String, Value>) {
         if let Some(key) = &meta.key {
             prop.insert("x-kubernetes-patch-merge-key".into(), json!(key));
         }
+    }
+}
+
+fn rewrite_refs(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get_mut("$ref") {
+                if let Some(name) = r.strip_prefix("#/components/schemas/") {
+                    *r = format!("#/definitions/{name}");
+                }
+            }
+            m.values_mut().for_each(rewrite_refs);
+        }
+        Value::Array(a) => a.iter_mut().for_each(rewrite_refs),
+        _ => {}
     }
 }
 

@@ -245,7 +245,18 @@ async fn route(st: &Shared, req: Request<Body>, path: &str) -> ApiResult<Respons
             })
         }
         "/openapi/v3" if get => return Ok(json_response(200, &st.openapi.index(), &[])),
-        "/openapi/v2" => return Err(ApiError::path_not_found()),
+        "/openapi/v2" if get => {
+            // kubectl asks for protobuf here and copes with a 404; JSON readers get JSON.
+            if accept.contains("protobuf") || !(accept.is_empty() || accept.contains("json") || accept.contains("*/*")) {
+                return Err(ApiError::path_not_found());
+            }
+            return Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                st.openapi.v2().as_ref().clone(),
+            )
+                .into_response());
+        }
         _ => {}
     }
     if let Some(gv) = path.strip_prefix("/openapi/v3/") {
