@@ -97,9 +97,17 @@ fn main() {
         .unwrap();
     // A temporary directory (in $TMPDIR, else the current directory rather than /tmp, which
     // may be a tmpfs where fsync costs nothing) unless --dir is given.
-    let tmp =
-        tempfile::tempdir_in(std::env::var_os("TMPDIR").unwrap_or_else(|| ".".into())).unwrap();
-    let dir = args.dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let tmp = match &args.dir {
+        Some(_) => None,
+        None => Some(
+            tempfile::tempdir_in(std::env::var_os("TMPDIR").unwrap_or_else(|| ".".into())).unwrap(),
+        ),
+    };
+    let dir = match (&args.dir, &tmp) {
+        (Some(d), _) => d.clone(),
+        (None, Some(t)) => t.path().to_path_buf(),
+        (None, None) => unreachable!(),
+    };
     let opts = EmbeddedOptions {
         quick_repair: args.quick_repair,
         fsync: args.fsync,

@@ -102,9 +102,10 @@ impl Store {
         self.embedded().delete(key, cmp).await
     }
 
-    /// Watches `[start, end)` for changes with revision greater than `after_revision`
-    /// (0: from now). Fails with `Compacted` if that history is gone. Must be called inside a
-    /// tokio runtime.
+    /// Watches `[start, end)` (empty `end`: no upper bound) for changes with revision greater
+    /// than `after_revision` (0: from now), in revision order, with `Progress` marks. Fails
+    /// with `Compacted` if that history is gone. The stream must be polled inside a tokio
+    /// runtime; dropping it unsubscribes.
     pub fn watch(
         &self,
         start: &[u8],

@@ -214,10 +214,12 @@ impl Embedded {
             db,
             self.counters.clone(),
             events,
-            start,
-            end,
-            last,
-            catch_up,
+            watcher::Start {
+                start,
+                end,
+                last,
+                catch_up,
+            },
             self.opts.progress_interval,
         ))
     }
