@@ -9,18 +9,20 @@ persistent keep-alive connections, and checks:
   the HTTP status, a reason) and every 2xx a well-formed object, list, or watch stream;
 * inputs with one right answer get it (truncated JSON 400, over 3 MiB 413, unknown patch
   type 415, unknown resource 404, ...);
-* nothing acknowledged is lost: each thread owns one namespace, models every write the server
-  acknowledged (resourceVersion and labels, with a unique marker label per write) and checks
-  that model against GETs and LISTs during the run and against the full state at the end;
+* nothing acknowledged is lost: each thread owns one namespace (and a few namespaces of its
+  own), keeps every object as the server acknowledged its last write (each valid write carries
+  a unique marker label) and checks that model against GETs and LISTs during the run and
+  against the full state at the end: same names, same resourceVersions, same content;
 * the server is alive afterwards (/readyz, kubectl), its process never exited, and its RSS
   stayed bounded (billion-laughs YAML, 1000-deep nesting, huge bodies must not blow it up).
 
 Reproduce a run with CORRAL_FUZZ_SEED=<seed> (printed on failure). Every finding is also
 written, with the full request body, to a JSON file whose path the failure message names.
 
-KNOWN_5XX and KNOWN_DIVERGENCES list the inputs found to get a wrong answer; the fuzz loop
-reports matching findings without failing on them, and `test_known_bad_inputs` replays each
-one and fails until the server answers it the way a Kubernetes API server does.
+KNOWN_5XX and KNOWN_DIVERGENCES list the inputs this fuzzer found to get a wrong answer, all
+fixed since; `test_known_bad_inputs` replays each one as a regression test. An entry marked
+`"open": True` is a finding not fixed yet: the fuzz loop reports matches without failing on
+them (none is open now), while its replay keeps failing until it is fixed.
 """
 
 import base64
@@ -29,6 +31,7 @@ import dataclasses
 import hashlib
 import http.client
 import json
+import math
 import os
 import random
 import socket
@@ -38,11 +41,17 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import uuid
 
 import pytest
 import yaml
 
 from conftest import Kubectl, Server
+
+# http.client refuses answers with more than 100 header lines or a line over 64 KiB; the
+# server may send many Warning headers, which are checked separately (see check_warnings).
+http.client._MAXHEADERS = 1_000_000
+http.client._MAXLINE = 64 * 1024 * 1024
 
 SEED = int(os.environ.get("CORRAL_FUZZ_SEED", "20261123"))
 REQUESTS = int(os.environ.get("CORRAL_FUZZ_REQUESTS", "100000"))
@@ -71,27 +80,20 @@ class Res:
     kind: str
     namespaced: bool = True
     status: bool = False   # has a status subresource
-    scale: bool = False    # has a scale subresource
-    strategic: bool = True  # strategic merge patch is defined (built-ins only)
-
-    @property
-    def api_version(self):
-        return self.prefix[len("/apis/"):] if self.prefix.startswith("/apis/") else "v1"
 
 
 CONFIGMAP = Res("cm", "/api/v1", "configmaps", "ConfigMap")
 SECRET = Res("secret", "/api/v1", "secrets", "Secret")
 SERVICE = Res("svc", "/api/v1", "services", "Service", status=True)
 POD = Res("pod", "/api/v1", "pods", "Pod", status=True)
-DEPLOYMENT = Res("deploy", "/apis/apps/v1", "deployments", "Deployment", status=True, scale=True)
+DEPLOYMENT = Res("deploy", "/apis/apps/v1", "deployments", "Deployment", status=True)
 JOB = Res("job", "/apis/batch/v1", "jobs", "Job", status=True)
 INGRESS = Res("ing", "/apis/networking.k8s.io/v1", "ingresses", "Ingress", status=True)
 ROLE = Res("role", "/apis/rbac.authorization.k8s.io/v1", "roles", "Role")
-WIDGET = Res("widget", f"/apis/{GROUP}/v1", "widgets", "Widget", status=True, scale=True, strategic=False)
+WIDGET = Res("widget", f"/apis/{GROUP}/v1", "widgets", "Widget", status=True)
 NAMESPACE = Res("ns", "/api/v1", "namespaces", "Namespace", namespaced=False, status=True)
 
 NAMESPACED = [CONFIGMAP, SECRET, SERVICE, POD, DEPLOYMENT, JOB, INGRESS, ROLE, WIDGET]
-ALL_RES = NAMESPACED + [NAMESPACE]
 
 CRD = {
     "apiVersion": "apiextensions.k8s.io/v1",
@@ -169,11 +171,19 @@ def to_json(value, ascii=True, indent=None):
     return text
 
 
+YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def to_yaml(value):
+    """Block-style YAML for small documents; big ones (slow to emit) and ones holding RawJSON
+    pieces go as JSON text, which is YAML too."""
+    text = to_json(value)
+    if len(text) > 4096:
+        return text
     try:
-        return yaml.safe_dump(value, allow_unicode=True, sort_keys=False)
-    except yaml.YAMLError:
-        return to_json(value)  # JSON is YAML; RawJSON pieces only survive this way
+        return yaml.dump(value, Dumper=YAML_DUMPER, allow_unicode=True, sort_keys=False)
+    except (yaml.YAMLError, ValueError):
+        return text
 
 
 UNICODE = ["é", "中文", "😀", "\u200b", "\u202e", "\ufeff", "\U0010ffff", "e\u0301", "İ", "ß",
@@ -595,6 +605,20 @@ def write_query(rng, apply=False):
     return pairs, dry
 
 
+def query_ok(pairs, apply=False):
+    """Whether write options are all valid (so that a content-type error is the only error)."""
+    for k, v in pairs:
+        if k == "dryRun" and v != "All":
+            return False
+        if k == "fieldValidation" and v not in ("", "Strict", "Warn", "Ignore"):
+            return False
+        if k == "fieldManager" and len(v.encode()) > 128:
+            return False
+        if k == "force" and not apply:
+            return False
+    return True
+
+
 def encode_query(pairs, raw_tail=None):
     if not pairs and not raw_tail:
         return ""
@@ -614,9 +638,14 @@ RAW_QUERY_TAILS = ["%zz", "%ff%fe=%80", "a=%", "&&&", "=x", "labelSelector=a%00b
 
 @dataclasses.dataclass
 class Known:
+    obj: dict                  # the object as the server acknowledged it
     rv: str
-    labels: dict
     terminating: bool = False  # deletionTimestamp set: may still be there, or (namespaces) go
+
+    @property
+    def labels(self):
+        labels = self.obj["metadata"].get("labels")
+        return labels if isinstance(labels, dict) else {}
 
 
 class Model:
@@ -633,8 +662,7 @@ class Model:
 
     def set_from(self, key, obj):
         meta = obj.get("metadata") or {}
-        self.objs[key] = Known(rv=meta.get("resourceVersion"), labels=meta.get("labels") or {},
-                               terminating=bool(meta.get("deletionTimestamp")))
+        self.objs[key] = Known(obj=obj, rv=meta.get("resourceVersion"), terminating=bool(meta.get("deletionTimestamp")))
         self.uncertain.discard(key)
 
     def gone(self, key):
@@ -643,6 +671,35 @@ class Model:
 
     def names(self, res_key):
         return [n for (k, n), v in self.objs.items() if k == res_key and v is not None]
+
+
+def differences(a, b, path="", out=None):
+    """Leaf paths where two JSON documents differ."""
+    out = [] if out is None else out
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if k not in a or k not in b:
+                out.append((f"{path}.{k}", a.get(k, "<absent>"), b.get(k, "<absent>")))
+            else:
+                differences(a[k], b[k], f"{path}.{k}", out)
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            differences(x, y, f"{path}[{i}]", out)
+    elif a != b or type(a) is not type(b):
+        out.append((path, a, b))
+    return out
+
+
+def compare_state(ack, got):
+    """None when the server's object is the acknowledged one; else (kind, description).
+    kind is "float-drift" when only floating point numbers changed (in their last bits)."""
+    diffs = differences(ack, got)
+    if not diffs:
+        return None
+    text = "; ".join(f"{p}: acknowledged {json.dumps(x, default=str)[:120]} server {json.dumps(y, default=str)[:120]}" for p, x, y in diffs[:5])
+    floats = all(isinstance(x, float) and isinstance(y, (int, float)) and math.isclose(x, y, rel_tol=1e-12)
+                 for _, x, y in diffs)
+    return ("float-drift" if floats else "lost-or-phantom"), text
 
 
 # --------------------------------------------------------------------------------------
@@ -667,7 +724,7 @@ class Req:
 def describe(req, status=None, resp=b"", extra=""):
     body = req.body or b""
     return {
-        "cat": req.cat, "method": req.method, "path": req.path, "headers": req.headers,
+        "cat": req.cat, "method": req.method, "path": req.path, "headers": req.headers, "chunked": req.chunked,
         "body_len": len(body), "body_sha256": hashlib.sha256(body).hexdigest(),
         "body_preview": body[:400].decode("utf-8", "replace"),
         "body_b64": base64.b64encode(body).decode() if len(body) <= 64 * 1024 else None,
@@ -675,21 +732,224 @@ def describe(req, status=None, resp=b"", extra=""):
     }
 
 
-# Requests found to get a 5xx: each entry says how to recognise it among fuzz findings and
-# how to replay it. The fuzz loop does not fail on these; test_known_bad_inputs does.
+# Inputs the fuzz run found to get a wrong answer. Each entry: `id`; `what` for humans;
+# `match(finding)` recognising it among fuzz findings (which then do not fail the fuzz test,
+# so that it keeps guarding everything else); `replay(r)` sending the input again and
+# returning an error string while the server still answers it wrongly, None once fixed.
+# test_known_bad_inputs runs the replays: it fails until every entry is fixed.
+
+def replay_deep_unknown_field(r):
+    # Accepted (201) because the unknown field is dropped, but managedFields keep the field
+    # set of what was sent, four levels deeper: the stored object no longer decodes
+    # (serde_json's 128-level limit) and every GET, LIST and DELETE of the collection is a 500.
+    # (ServiceAccounts: a kind no other replay uses, since the collection stays broken.)
+    depth = 124
+    body = ('{"apiVersion":"v1","kind":"ServiceAccount","metadata":{"name":"deep"},"x":'
+            + '{"a":' * depth + "1" + "}" * depth + "}")
+    st, _, data = r.request("POST", f"/api/v1/namespaces/{r.ns}/serviceaccounts", body)
+    after = [r.request(m, f"/api/v1/namespaces/{r.ns}/serviceaccounts" + p)[:3:2] for m, p in
+             [("GET", "/deep"), ("GET", ""), ("DELETE", "/deep")]]
+    bad = [(st2, d[:150]) for st2, d in [(st, data)] + after if st2 >= 500]
+    return f"5xx after a create with an unknown field {depth} levels deep: {bad}" if bad else None
+
+
+def replay_keepalive(r):
+    # An answer given before the request body was read (404, 405, a bad query) closes the
+    # connection without `Connection: close` and without draining the body. A body still
+    # streaming in then turns the close into a reset and the client never sees the answer;
+    # a body already sent leaves a kept-alive connection that fails the next request.
+
+    def streamed(body):
+        for i in range(0, len(body), 100):
+            yield body[i:i + 100]
+            time.sleep(0.02)
+
+    body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"a": "y" * 300}}).encode()
+    conn = r.connection()
+    try:
+        conn.request("POST", f"/api/v1/namespaces/{r.ns}/configmaps?dryRun=bogus", body=streamed(body),
+                     headers={"Content-Type": "application/json"})
+        conn.getresponse().read()
+    except (OSError, http.client.HTTPException) as e:
+        return f"POST ?dryRun=bogus with a chunked body: the 400 never arrives ({type(e).__name__}: {e})"
+    finally:
+        conn.close()
+    # Whether the body is drained first is a race here: try a few sizes.
+    for attempt in range(20):
+        size = 4096 << (attempt % 7)   # 4 KiB .. 256 KiB
+        conn = r.connection()
+        try:
+            try:
+                conn.request("POST", "/apis/nosuch.group/v1/things", body=b'{"a":"' + b"x" * size + b'"}',
+                             headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+            except (OSError, http.client.HTTPException) as e:
+                return f"POST with a {size // 1024} KiB body to a missing resource: no answer ({type(e).__name__}: {e})"
+            if resp.will_close:
+                continue
+            try:
+                conn.request("GET", "/api/v1/namespaces", headers={"Accept": "application/json"})
+                conn.getresponse().read()
+            except (OSError, http.client.HTTPException) as e:
+                return (f"POST with a {size // 1024} KiB body answered {resp.status} without Connection: close, then the "
+                        f"next request on the connection failed: {type(e).__name__}: {e}")
+        finally:
+            conn.close()
+    return None
+
+
+def replay_float_drift(r):
+    # serde_json parses floats fast but not exactly (no `float_roundtrip`): a stored number can
+    # come back one unit in the last place off what the write acknowledged.
+    body = ('{"apiVersion":"%s/v1","kind":"Widget","metadata":{"name":"floats"},'
+            '"spec":{"ratio":1180591620717411303424,"free":{"a":1.1805916207174113e21,"b":0.30000000000000004,"c":9.007199254740993e15}}}' % GROUP)
+    st, _, data = r.request("POST", f"/apis/{GROUP}/v1/namespaces/{r.ns}/widgets", body)
+    if st != 201:
+        return f"create answered {st}: {data[:200]!r}"
+    acked = json.loads(data)["spec"]
+    _, _, got = r.request("GET", f"/apis/{GROUP}/v1/namespaces/{r.ns}/widgets/floats")
+    stored = json.loads(got)["spec"]
+    return None if stored == acked else f"create acknowledged spec {acked}, GET returns {stored}"
+
+
+def replay_deletecollection_all_namespaces(r):
+    # Kubernetes serves only list and watch on /api/v1/<resource> across namespaces; DELETE
+    # there is 405. Here it deletes matching objects in every namespace.
+    label = f"fuzz-known-{uuid.uuid4().hex[:8]}"
+    r.request("POST", f"/api/v1/namespaces/{r.ns}/configmaps",
+              json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "keep", "labels": {label: "x"}}}))
+    st, _, data = r.request("DELETE", f"/api/v1/configmaps?labelSelector={label}%3Dx")
+    still = r.request("GET", f"/api/v1/namespaces/{r.ns}/configmaps/keep")[0]
+    if st != 405 or still != 200:
+        return f"DELETE /api/v1/configmaps answered {st} (want 405); the object in {r.ns} then answers GET {still}"
+    return None
+
+
+def replay_unsupported_content_type(r):
+    # Kubernetes answers 415 for a body in a media type it does not decode.
+    body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "plain"}})
+    st, _, data = r.request("POST", f"/api/v1/namespaces/{r.ns}/configmaps", body, ctype="text/plain")
+    return None if st == 415 else f"POST with Content-Type text/plain answered {st} (want 415): {data[:150]!r}"
+
+
+def replay_configmap_over_1mib(r):
+    # ConfigMaps (and Secrets) hold at most 1 MiB of data: 422 Invalid.
+    body = json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big"}, "data": {"a": "x" * (1024 * 1024 + 1)}})
+    st, _, data = r.request("POST", f"/api/v1/namespaces/{r.ns}/configmaps?dryRun=All", body)
+    return None if st == 422 else f"ConfigMap with 1 MiB + 1 byte of data answered {st} (want 422)"
+
+
+def replay_copy_bomb(r):
+    # Each `copy` of a value into itself doubles it: 17 copies of 1 KB ask for 128 MB.
+    # Kubernetes caps what copies may add (3 MiB) and answers 422 at once.
+    r.request("POST", f"/api/v1/namespaces/{r.ns}/configmaps", json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bomb"}}))
+    ops = [{"op": "add", "path": "/metadata/annotations", "value": {"a": "x" * 1000}}]
+    ops += [{"op": "copy", "from": "/metadata/annotations", "path": f"/metadata/annotations/b{i}"} for i in range(17)]
+    st, elapsed, growth, data = r.measured("PATCH", f"/api/v1/namespaces/{r.ns}/configmaps/bomb", json.dumps(ops), "application/json-patch+json")
+    if st not in (413, 422) or elapsed > 5 or growth > 100 * 1024:
+        return f"JSON patch copy bomb answered {st} after {elapsed:.1f}s, server RSS +{growth // 1024} MB (want 422, fast, no growth)"
+    return None
+
+
+def replay_too_many_patch_ops(r):
+    # Kubernetes allows at most 10000 operations in one JSON patch (413 beyond).
+    r.request("POST", f"/api/v1/namespaces/{r.ns}/configmaps", json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ops"}}))
+    ops = [{"op": "test", "path": "/metadata/name", "value": "ops"}] * 10001
+    st, _, data = r.request("PATCH", f"/api/v1/namespaces/{r.ns}/configmaps/ops", json.dumps(ops), ctype="application/json-patch+json")
+    return None if st in (413, 422) else f"JSON patch with 10001 operations answered {st} (want 413)"
+
+
+def replay_cr_metadata_types(r):
+    # A custom resource's metadata is still ObjectMeta: labels of the wrong type are
+    # rejected (or dropped), never stored as they came.
+    body = '{"apiVersion":"%s/v1","kind":"Widget","metadata":{"name":"labels","labels":12345,"annotations":["a"]},"spec":{}}' % GROUP
+    st, _, data = r.request("POST", f"/apis/{GROUP}/v1/namespaces/{r.ns}/widgets", body)
+    if st in (400, 422):
+        return None
+    if st == 201:
+        meta = json.loads(data)["metadata"]
+        if isinstance(meta.get("labels", {}), dict) and isinstance(meta.get("annotations", {}), dict):
+            return None
+        return f"custom resource stored with metadata.labels={meta.get('labels')!r} annotations={meta.get('annotations')!r}"
+    return f"answered {st}"
+
+
+def replay_cr_strategic_missing(r):
+    # The patch type is checked first: a custom resource has no strategic merge patch, 415
+    # whether or not the object exists.
+    answers = [r.request("PATCH", f"/apis/{GROUP}/v1/namespaces/{r.ns}/widgets/missing", body,
+                         ctype="application/strategic-merge-patch+json")[0] for body in ("{}", "\x00")]
+    return None if answers == [415, 415] else f"strategic merge patch of a missing custom resource answered {answers[0]}, with an undecodable body {answers[1]} (want 415)"
+
+
+def replay_uncapped_warnings(r):
+    # One Warning header per unknown field, without limit: 5000 unknown fields give 5000
+    # headers (Python's http.client refuses more than 100; Go's client caps header bytes).
+    fields = ",".join(f'"unknown{i}":{i}' for i in range(5000))
+    body = '{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"warn"},%s}' % fields
+    st, headers, data = r.request("POST", f"/api/v1/namespaces/{r.ns}/configmaps?dryRun=All", body)
+    err = check_warnings(headers)
+    return f"answer {st} carries {err} (Kubernetes: at most ~4 KiB of warning text)" if err else None
+
+
 KNOWN_5XX = [
+    {"id": "deep-unknown-field-poisons-collection",
+     "what": "POST an object of any kind with an unknown field nested ~124 levels: 201, then every GET/LIST/DELETE "
+             "of that collection (and cluster-wide lists of the kind) is 500 'corrupt object in storage: recursion limit exceeded'",
+     "match": lambda f: f.get("status") == 500 and "recursion limit exceeded" in f.get("response", ""),
+     "replay": replay_deep_unknown_field},
 ]
 
-# Inputs whose answer is not a 5xx but differs from a Kubernetes API server's, found by the
-# fuzz run. `check(status, body, elapsed, rss_growth_kb)` returns an error string or None.
 KNOWN_DIVERGENCES = [
+    {"id": "keepalive-closed-after-unread-body",
+     "what": "an answer sent before the request body was read closes the HTTP/1.1 connection without Connection: close "
+             "and without draining the body: the next request on a kept-alive connection fails, and a body still "
+             "streaming in (chunked) turns the close into a reset that loses the answer itself",
+     "match": lambda f: f["kind"] in ("keepalive-drop", "reset-before-answer"),
+     "replay": replay_keepalive},
+    {"id": "uncapped-warning-headers",
+     "what": "one Warning header per unknown field, unbounded (Kubernetes caps warning text at 4 KiB per answer)",
+     "match": lambda f: f["kind"] == "uncapped-warnings",
+     "replay": replay_uncapped_warnings},
+    {"id": "float-drift-in-storage",
+     "what": "floating point numbers read back from storage differ from the acknowledged ones in the last bit",
+     "match": lambda f: f["kind"] == "float-drift",
+     "replay": replay_float_drift},
+    {"id": "deletecollection-across-all-namespaces",
+     "what": "DELETE /api/v1/configmaps deletes in every namespace (Kubernetes: 405)",
+     "replay": replay_deletecollection_all_namespaces},
+    {"id": "create-with-unsupported-content-type",
+     "what": "POST with Content-Type text/plain (or xml, form, multipart) is decoded as JSON (Kubernetes: 415)",
+     "replay": replay_unsupported_content_type},
+    {"id": "configmap-over-1mib",
+     "what": "a ConfigMap with more than 1 MiB of data is accepted (Kubernetes: 422)",
+     "replay": replay_configmap_over_1mib},
+    {"id": "json-patch-copy-bomb",
+     "what": "JSON patch copies are not capped: a 700-byte patch makes the server allocate gigabytes",
+     "replay": replay_copy_bomb},
+    {"id": "json-patch-too-many-operations",
+     "what": "JSON patches with more than 10000 operations are applied (Kubernetes: 413)",
+     "replay": replay_too_many_patch_ops},
+    {"id": "custom-resource-metadata-wrong-type",
+     "what": "custom resources' metadata is not type-checked: labels a number, annotations a list, resourceVersion "
+             "an array are accepted, stored and echoed back",
+     "match": lambda f: (f["kind"] == "bad-2xx-body" and f"/apis/{GROUP}/" in f.get("path", "")
+                         and ("resourceVersion" in f.get("extra", "") or "metadata.name" in f.get("extra", ""))),
+     "replay": replay_cr_metadata_types},
+    {"id": "strategic-patch-of-custom-resource-not-checked-first",
+     "what": "strategic merge patch of a custom resource answers 404 when it is missing and 400 when the body "
+             "does not decode (Kubernetes: 415 first, custom resources have no strategic merge patch)",
+     "match": lambda f: (f["kind"] == "wrong-status" and "/widgets/" in f.get("path", "")
+                         and f.get("headers", {}).get("Content-Type", "").startswith("application/strategic-merge-patch+json")),
+     "replay": replay_cr_strategic_missing},
 ]
 
 
 def known_signature(finding):
     for k in KNOWN_5XX + KNOWN_DIVERGENCES:
         m = k.get("match")
-        if m and m(finding):
+        if k.get("open") and m and m(finding):
             return k["id"]
     return None
 
@@ -815,6 +1075,16 @@ def check_status_body(status, headers, data):
     return "; ".join(problems) or None
 
 
+def check_warnings(headers):
+    """Kubernetes caps the Warning headers of one answer at 4096 characters of text (after
+    which each is cut to 256 and the rest dropped); clients cap header sizes too."""
+    values = headers.get_all("Warning") or []
+    total = sum(len(v) for v in values)
+    if total > 16 * 1024:
+        return f"{len(values)} Warning headers, {total} bytes"
+    return None
+
+
 def check_object(o, kind, where="object"):
     if not isinstance(o, dict):
         return f"{where} is not a JSON object"
@@ -826,7 +1096,8 @@ def check_object(o, kind, where="object"):
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) or not meta["name"]:
         return f"{where} has no metadata.name"
     rv = meta.get("resourceVersion")
-    if rv is not None and not (isinstance(rv, str) and rv.isdigit()):
+    # ("" comes back from dry-run updates that did not name one: unset, if not omitted.)
+    if rv is not None and not (isinstance(rv, str) and (rv.isdigit() or rv == "")):
         return f"{where} resourceVersion {rv!r} is not a number string"
     return None
 
@@ -897,6 +1168,10 @@ class Stop(Exception):
 
 
 class Worker:
+    """One thread of the run: its own RNG (seeded from the run's seed and its number), its
+    own namespace and namespace pool, its own connection and model. Everything it writes is
+    its own, so its model is exact without locks."""
+
     def __init__(self, wid, run):
         self.wid = wid
         self.run = run
@@ -905,10 +1180,11 @@ class Worker:
         self.owner = f"w{wid}"
         self.model = Model()
         self.transport = Transport(run.server.port, run.ctx, run.anon_ctx)
-        self.sent = 0
+        self.sent = 0        # attempts, including resends after a dropped connection
+        self.answered = 0    # requests that got an answer: what the quota counts
+        self.retried = False  # the last request had to be resent: its outcome is for a GET to say
         self.marks = 0
-        self.token = None          # a real continue token, to mutate
-        self.seq = 0
+        self.token = None     # a real continue token, to mutate
 
     # ---- sending and checking ----
 
@@ -917,13 +1193,15 @@ class Worker:
         if self.run.stop.is_set():
             raise Stop()
         self.sent += 1
-        self.seq += 1
         h = {"Accept": "application/json", "User-Agent": "corral-fuzz/1.0"}
         h.update(req.headers)
         req.headers = h
         t0 = time.monotonic()
         try:
-            status, headers, data = self.transport.send(req)
+            try:
+                status, headers, data = self.transport.send(req)
+            except (ssl.SSLEOFError, http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+                status, headers, data = self.resend_after_drop(req, e)
         except socket.timeout:
             self.run.findings.add("hang", describe(req, extra=f"no answer in {REQUEST_TIMEOUT}s"))
             self.run.check_alive()
@@ -933,6 +1211,10 @@ class Worker:
             self.run.check_alive()
             return None, None
         elapsed = time.monotonic() - t0
+        warn = check_warnings(headers)
+        if warn:
+            self.run.findings.add("uncapped-warnings", describe(req, status, b"", warn))
+        self.answered += 1
         self.run.count(status, req.cat, elapsed)
         if elapsed > SLOW_SECONDS and req.shape != "watch":
             self.run.findings.add("slow", describe(req, status, data, f"{elapsed:.1f}s"))
@@ -959,10 +1241,44 @@ class Worker:
                 parsed = None
         return status, parsed
 
-    def model_error(self, key, what, req=None, status=None, body=None):
+    def resend_after_drop(self, req, err):
+        """The connection closed with no answer. Either the server closed a kept-alive
+        connection after its previous answer without `Connection: close` (it never read this
+        request), or it answered this request before reading its body and closed, and the
+        unread body turned the close into a reset that destroyed the answer. Both are noted
+        (the second only if the server then answers a fresh copy) and the request is sent
+        again on a new connection, as HTTP clients do. A connection that drops every time is
+        a finding of its own (raised from here)."""
+        self.retried = True
+        previous = getattr(err, "previous", None)
+        for attempt in range(3):
+            self.sent += 1
+            if attempt > 0:
+                req.chunked = False   # a body still streaming in when the answer goes loses it
+            try:
+                answer = self.transport.send(req)
+            except (ssl.SSLEOFError, http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as e:
+                if attempt == 2:
+                    e.previous = f"{previous}; dropped on 3 fresh connections too"
+                    raise e
+                continue
+            kind = "keepalive-drop" if previous else "reset-before-answer"
+            self.run.findings.add(kind, describe(req, answer[0], answer[2], f"{type(err).__name__}: {err}; previous request on this connection: {previous}"))
+            return answer
+
+    def model_error(self, key, what, req=None, status=None, body=None, kind="lost-or-phantom"):
         info = describe(req, status, json.dumps(body).encode() if body is not None else b"") if req else {}
-        info.update({"key": list(key), "namespace": self.ns, "model": repr(self.model.state(key)), "extra": what})
-        self.run.findings.add("lost-or-phantom", info)
+        st = self.model.state(key)
+        info.update({"key": list(key), "namespace": self.ns, "extra": what,
+                     "model": json.dumps(st.obj)[:1000] if st else repr(st)})
+        self.run.findings.add(kind, info)
+
+    def check_same(self, key, got, req, status, where):
+        """The server's copy of an object against the acknowledged one."""
+        diff = compare_state(self.model.state(key).obj, got)
+        if diff:
+            kind, text = diff
+            self.model_error(key, f"{where}: server object differs from the acknowledged one: {text}", req, status, got, kind)
 
     # ---- picking things ----
 
@@ -1066,6 +1382,14 @@ class Worker:
         else:
             self.model.set_from(key, obj)
 
+    def resent(self, res, keys):
+        """After a write that had to be resent, what the server holds is for a GET to say."""
+        if not self.retried:
+            return False
+        for key in list(keys):
+            self.resync(res, key)
+        return True
+
     def resync(self, res, key):
         status, obj = self.send(Req("GET", item_path(res, self.ns_of(res), key[1]), cat="resync", shape="object", kind=res.kind))
         if status == 200 and isinstance(obj, dict):
@@ -1085,11 +1409,12 @@ class Worker:
             if status == 200:
                 self.model_error(key, "object present that no acknowledged write created", req, status, obj)
             return
+        whole = "as=" not in req.headers.get("Accept", "") and isinstance(obj, dict)  # not a Table
         if res is NAMESPACE and st is not None and st.terminating:
             # A terminating namespace goes away on its own.
             if status == 404:
                 self.model.gone(key)
-            elif status == 200:
+            elif status == 200 and whole:
                 self.model.set_from(key, obj)
             return
         if st is None:
@@ -1097,10 +1422,8 @@ class Worker:
                 self.model_error(key, f"GET {status}, but the object was deleted", req, status, obj)
         elif status == 404:
             self.model_error(key, "acknowledged object is missing (GET 404)", req, status, obj)
-        elif status == 200 and "as=" not in req.headers.get("Accept", ""):
-            meta = obj.get("metadata") or {}
-            if meta.get("resourceVersion") != st.rv or (meta.get("labels") or {}) != st.labels:
-                self.model_error(key, f"GET rv {meta.get('resourceVersion')} labels {meta.get('labels')} != acknowledged rv {st.rv} labels {st.labels}", req, status, obj)
+        elif status == 200 and whole:
+            self.check_same(key, obj, req, status, "GET")
 
     # ---- operations ----
 
@@ -1159,8 +1482,8 @@ class Worker:
                 self.model_error(key, "listed object that no acknowledged write created", req, 200, it)
             elif st is None:
                 self.model_error(key, "deleted object listed", req, 200, it)
-            elif it["metadata"].get("resourceVersion") != st.rv or (it["metadata"].get("labels") or {}) != st.labels:
-                self.model_error(key, f"listed rv {it['metadata'].get('resourceVersion')} != acknowledged {st.rv}", req, 200, it)
+            else:
+                self.check_same(key, it, req, 200, "LIST")
         for name in self.model.names(res.key):
             key = (res.key, name)
             if name not in got and key not in self.model.uncertain:
@@ -1229,6 +1552,8 @@ class Worker:
             self.model.uncertain.add((res.key, name))
             return
         created = ((out or {}).get("metadata") or {}).get("name") if status == 201 and isinstance(out, dict) else None
+        if self.resent(res, {(res.key, name), (res.key, created or name)}):
+            return
         key = (res.key, created or name)
         prev = self.model.state(key)
         known = key in self.model.objs and key not in self.model.uncertain
@@ -1281,6 +1606,8 @@ class Worker:
 
     def after_update(self, res, key, req, status, out, dry, precondition_was_current=False, may_create=False):
         """Check a PUT/PATCH answer against the model, then fold it in."""
+        if self.resent(res, [key]):
+            return
         st = self.model.state(key)
         known = key in self.model.objs and key not in self.model.uncertain
         settled = known and st is not None and not st.terminating
@@ -1423,15 +1750,14 @@ class Worker:
                                 "application/json-patch+yaml", "", "application/strategic-merge-patch+json; charset=utf-8"])
             tag += "/unsupported-type"
             if ctype in ("application/json", "text/plain", "application/yaml", "application/merge-patch+yaml",
-                         "application/json-patch+yaml", ""):
+                         "application/json-patch+yaml", "") and query_ok(q):
                 expect = frozenset({415})
         elif r < 0.11:
             text = to_json(self.copy_bomb(res, name))
             ctype = "application/json-patch+json"
             tag = "json/copy-bomb"
-        if res is WIDGET and ctype.startswith("application/strategic-merge-patch+json") and expect is None and clean \
-                and self.model.state(key) is not None and key not in self.model.uncertain:
-            # Custom resources have no strategic merge patch.
+        if res is WIDGET and ctype.startswith("application/strategic-merge-patch+json") and query_ok(q):
+            # Custom resources have no strategic merge patch; the patch type is checked first.
             expect = frozenset({415})
         req = Req("PATCH", item_path(res, self.ns_of(res), name, sub) + encode_query(q), text.encode(),
                   cat=f"patch{'/status' if sub else ''}/{tag}", expect=expect, shape="object", kind=res.kind)
@@ -1443,8 +1769,9 @@ class Worker:
         if (status == 422 and tag == "json" and isinstance(doc, list) and not sub and st is not None
                 and not st.terminating and key not in self.model.uncertain and MARK in st.labels):
             mark_path = "/metadata/labels/" + MARK.replace("/", "~1")
-            tests = [o for o in doc if o.get("op") == "test" and o.get("path") == "/metadata/resourceVersion"]
-            others = [o for o in doc if o not in tests and not (o.get("op") == "replace" and o.get("path") == mark_path)]
+            ops = [o for o in doc if isinstance(o, dict)]
+            tests = [o for o in ops if o.get("op") == "test" and o.get("path") == "/metadata/resourceVersion"]
+            others = [o for o in doc if o not in tests and not (isinstance(o, dict) and o.get("op") == "replace" and o.get("path") == mark_path)]
             if tests and not others and tests[0]["value"] == st.rv:
                 self.model_error(key, "json patch test of the acknowledged resourceVersion failed", req, status, out)
         self.after_update(res, key, req, status, out, dry)
@@ -1521,6 +1848,8 @@ class Worker:
         known = key in self.model.objs and key not in self.model.uncertain
         if status is None:
             self.model.uncertain.add(key)
+        elif self.resent(res, [key]):
+            return
         elif dry is True:
             return
         elif dry is None and 200 <= status < 300:
@@ -1564,6 +1893,8 @@ class Worker:
         if status is None:
             for n in self.model.names(res.key):
                 self.model.uncertain.add((res.key, n))
+            return
+        if self.resent(res, [(res.key, n) for n in self.model.names(res.key)]):
             return
         if status == 200 and not dry and isinstance(out, dict):
             for it in out.get("items") or []:
@@ -1744,6 +2075,8 @@ class Worker:
         path = self.rng.choice(["/readyz", "/livez", "/healthz", "/version", "/readyz?verbose"])
         self.send(Req("GET", path, cat="health", expect=frozenset({200}), shape="text"))
 
+    # Operations and their weights: what a request stream looks like. Watches hold a thread
+    # for their 1 s timeout, and bodies of 3 MiB are slow to send: both are rare.
     OPS = [
         ("op_get", 170), ("op_list", 100), ("op_watch", 1), ("op_watch_bad", 5), ("op_create", 190),
         ("op_update", 110), ("op_patch", 170), ("op_apply", 50), ("op_delete", 75), ("op_deletecollection", 10),
@@ -1764,8 +2097,9 @@ class Worker:
         names = [n for n, _ in self.OPS]
         weights = [w for _, w in self.OPS]
         try:
-            while self.sent < quota:
+            while self.answered < quota:
                 op = self.rng.choices(names, weights)[0]
+                self.retried = False
                 getattr(self, op)()
         except Stop:
             pass
@@ -1779,7 +2113,21 @@ class Worker:
 # The run
 # --------------------------------------------------------------------------------------
 
+def rss_kb(server):
+    """The server process's resident memory (VmRSS), 0 once it is gone."""
+    try:
+        with open(f"/proc/{server.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 class Run:
+    """One fuzz run: the server, TLS contexts, shared counters and findings."""
+
     def __init__(self, server, seed, tmpdir):
         self.server = server
         self.seed = seed
@@ -1793,7 +2141,6 @@ class Run:
         self.total = 0
         self.slowest = (0.0, "")
         self.rss_max = 0
-        self.rss_samples = []
 
     def count(self, status, cat, elapsed):
         with self.lock:
@@ -1809,21 +2156,13 @@ class Run:
             self.stop.set()
 
     def rss_kb(self):
-        try:
-            with open(f"/proc/{self.server.proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1])
-        except OSError:
-            return 0
-        return 0
+        return rss_kb(self.server)
 
     def watch_rss(self, done):
         while not done.is_set():
             kb = self.rss_kb()
             self.rss_max = max(self.rss_max, kb)
-            self.rss_samples.append(kb)
-            if kb > RSS_LIMIT_KB:
+            if kb > RSS_LIMIT_KB and "memory" not in self.findings.by_kind:
                 self.findings.add("memory", {"extra": f"server RSS {kb} kB over {RSS_LIMIT_KB} kB", "cat": "rss"})
             self.check_alive()
             done.wait(0.2)
@@ -1844,19 +2183,27 @@ def register_crd(run):
 
 
 def final_state_check(run, workers):
-    """After the storm: every acknowledged object is there with the acknowledged
-    resourceVersion and labels, and nothing deleted came back."""
+    """After the storm: every acknowledged object is there exactly as acknowledged, and
+    nothing deleted came back. Problems go to the findings (so known ones are recognised)."""
     t = Transport(run.server.port, run.ctx, run.anon_ctx)
-    problems = []
+
+    def get(path):
+        req = Req("GET", path, headers={"Accept": "application/json"}, cat="final")
+        status, _, data = t.send(req)
+        return req, status, data
+
+    def problem(kind, req, status, data, what):
+        run.findings.add(kind, describe(req, status, data, what))
+
     for w in workers:
         for res in NAMESPACED:
-            items = {}
-            token = ""
+            items, token, listed = {}, "", True
             while True:
                 q = "?limit=7" + (f"&continue={urllib.parse.quote(token)}" if token else "")
-                status, _, data = t.send(Req("GET", coll_path(res, w.ns) + q, headers={"Accept": "application/json"}))
+                req, status, data = get(coll_path(res, w.ns) + q)
                 if status != 200:
-                    problems.append(f"final list {res.plural} in {w.ns}: {status} {data[:200]!r}")
+                    problem("final-state" if status < 500 else "5xx", req, status, data, "final paginated list failed")
+                    listed = False
                     break
                 body = json.loads(data)
                 for it in body["items"]:
@@ -1867,33 +2214,37 @@ def final_state_check(run, workers):
             for (rk, name), st in w.model.objs.items():
                 if rk != res.key or (rk, name) in w.model.uncertain:
                     continue
-                got = items.get(name)
+                if listed:
+                    req, status, got = None, 200 if name in items else 404, items.get(name)
+                else:
+                    # The list is broken: look at each acknowledged object on its own.
+                    req, status, data = get(item_path(res, w.ns, name))
+                    if status >= 500:
+                        problem("5xx", req, status, data, "final GET failed")
+                        continue
+                    got = json.loads(data) if status == 200 else None
                 if st is None and got is not None:
-                    problems.append(f"{res.plural} {w.ns}/{name}: deleted (acknowledged) but present rv {got['metadata'].get('resourceVersion')}")
+                    w.model_error((rk, name), "final state: deleted (acknowledged) but present", req, status, got)
                 elif st is not None and got is None:
-                    problems.append(f"{res.plural} {w.ns}/{name}: acknowledged rv {st.rv} labels {st.labels} but missing")
+                    w.model_error((rk, name), "final state: acknowledged but missing", req, status, None)
                 elif st is not None:
-                    meta = got["metadata"]
-                    if meta.get("resourceVersion") != st.rv or (meta.get("labels") or {}) != st.labels:
-                        problems.append(f"{res.plural} {w.ns}/{name}: acknowledged rv {st.rv} labels {st.labels}, "
-                                        f"server rv {meta.get('resourceVersion')} labels {meta.get('labels')}")
+                    w.check_same((rk, name), got, req or Req("GET", coll_path(res, w.ns), cat="final"), 200, "final state")
             for name in items:
-                if (res.key, name) not in w.model.objs:
-                    problems.append(f"{res.plural} {w.ns}/{name}: present but never acknowledged")
+                if (res.key, name) not in w.model.objs and (res.key, name) not in w.model.uncertain:
+                    w.model_error((res.key, name), "final state: present but never acknowledged", None, 200, items[name])
         for (rk, name), st in w.model.objs.items():
             if rk != "ns" or (rk, name) in w.model.uncertain:
                 continue
-            status, _, data = t.send(Req("GET", item_path(NAMESPACE, None, name), headers={"Accept": "application/json"}))
-            if st is None and status != 404:
-                problems.append(f"namespace {name}: deleted but GET {status}")
+            req, status, data = get(item_path(NAMESPACE, None, name))
+            if status >= 500:
+                problem("5xx", req, status, data, "final GET failed")
+            elif st is None and status != 404:
+                w.model_error((rk, name), f"final state: deleted namespace answers GET {status}", req, status, None)
             elif st is not None and not st.terminating:
                 if status != 200:
-                    problems.append(f"namespace {name}: acknowledged but GET {status}")
+                    w.model_error((rk, name), f"final state: acknowledged namespace answers GET {status}", req, status, None)
                 else:
-                    meta = json.loads(data)["metadata"]
-                    if meta.get("resourceVersion") != st.rv:
-                        problems.append(f"namespace {name}: acknowledged rv {st.rv}, server {meta.get('resourceVersion')}")
-    return problems
+                    w.check_same((rk, name), json.loads(data), req, status, "final state")
 
 
 def run_fuzz(server, seed, requests, workers_n, tmpdir):
@@ -1916,7 +2267,8 @@ def run_fuzz(server, seed, requests, workers_n, tmpdir):
     done.set()
     monitor.join()
     run.rss_end = run.rss_kb()
-    run.final_problems = final_state_check(run, workers) if server.proc.poll() is None else ["server is gone"]
+    if server.proc.poll() is None:
+        final_state_check(run, workers)
     run.workers = workers
     return run
 
@@ -1938,7 +2290,7 @@ def summary(run):
 def dump_findings(run):
     path = os.path.join(tempfile.gettempdir(), f"corral-fuzz-findings-{run.seed}.json")
     with open(path, "w") as f:
-        json.dump({"seed": run.seed, "findings": run.findings.items, "final": run.final_problems}, f, indent=1)
+        json.dump({"seed": run.seed, "findings": run.findings.items, "known": dict(run.findings.known)}, f, indent=1)
     return path
 
 
@@ -1956,7 +2308,7 @@ def fuzz_server():
 
 def test_fuzz_no_5xx_no_loss_server_survives(fuzz_server, tmp_path):
     server = fuzz_server
-    rss_start = Run.rss_kb(type("R", (), {"server": server})())
+    rss_start = rss_kb(server)
     run = run_fuzz(server, SEED, REQUESTS, WORKERS, str(tmp_path))
     report = summary(run) + f"\nserver RSS at start={rss_start} kB"
     print("\n" + report)
@@ -1973,22 +2325,46 @@ def test_fuzz_no_5xx_no_loss_server_survives(fuzz_server, tmp_path):
             problems.append(f"/readyz {status} after the run")
         k = Kubectl(server)
         try:
-            got = k.json("get", "configmaps", "-n", run.workers[0].ns)
-            want = set(run.workers[0].model.names("cm"))
-            have = {i["metadata"]["name"] for i in got["items"]}
-            if not run.workers[0].model.uncertain and have != want:
-                problems.append(f"kubectl get configmaps: {sorted(have)} != acknowledged {sorted(want)}")
-            k("get", "namespaces")
+            k.json("get", "namespace", run.workers[0].ns)
+            # kubectl lists what was acknowledged. (A collection broken by the known
+            # deep-unknown-field bug cannot be listed; take the next one.)
+            for w in run.workers:
+                p = k.run("get", "configmaps", "-n", w.ns, "-o", "json", check=False)
+                if p.returncode != 0 and "recursion limit exceeded" in p.stderr:
+                    continue
+                if p.returncode != 0:
+                    problems.append(f"kubectl get configmaps -n {w.ns}: {p.stderr}")
+                    break
+                have = {i["metadata"]["name"] for i in json.loads(p.stdout)["items"]}
+                want = set(w.model.names("cm"))
+                if not w.model.uncertain and have != want:
+                    problems.append(f"kubectl get configmaps -n {w.ns}: {sorted(have)} != acknowledged {sorted(want)}")
+                break
+            else:
+                problems.append("kubectl could list the configmaps of no namespace")
         finally:
             k.cleanup()
     if run.total < REQUESTS:
         problems.append(f"only {run.total} requests sent (want {REQUESTS})")
+    # The generators really reached every verb and outcome (a broken generator fails loudly).
+    if REQUESTS >= 10000:
+        for cat in ["get", "list", "watch", "create", "update", "patch", "apply", "delete", "deletecollection",
+                    "scale", "binding", "oversize", "yaml-bomb", "misc-path", "method", "anonymous"]:
+            if run.cats[cat] == 0:
+                problems.append(f"no {cat} requests were generated")
+        for code in (200, 201, 400, 404, 409, 413, 415, 422):
+            if run.statuses[code] == 0:
+                problems.append(f"no request was answered {code}: the generators miss a whole class of input")
+        acknowledged = sum(len(w.model.names(r.key)) for w in run.workers for r in NAMESPACED)
+        if acknowledged < 100:
+            problems.append(f"only {acknowledged} objects acknowledged at the end: the model checks checked little")
     if run.rss_max > RSS_LIMIT_KB:
         problems.append(f"server RSS reached {run.rss_max} kB")
-    problems += run.final_problems[:50]
-    logs = server.logs()
+    with open(server.log_path, "rb") as f:
+        logs = f.read().decode(errors="replace")
     if "panicked" in logs:
-        problems.append("server log mentions a panic:\n" + logs[-3000:])
+        i = logs.index("panicked")
+        problems.append("server log mentions a panic:\n" + logs[max(0, i - 1500):i + 1500])
     if run.findings.items or problems:
         path = dump_findings(run)
         seen = set()
@@ -2001,20 +2377,76 @@ def test_fuzz_no_5xx_no_loss_server_survives(fuzz_server, tmp_path):
         pytest.fail(f"{report}\nfindings written to {path}\n" + "\n".join(lines[:60] + problems), pytrace=False)
 
 
-@pytest.mark.parametrize("case", KNOWN_5XX + KNOWN_DIVERGENCES, ids=lambda c: c["id"] if isinstance(c, dict) else "none")
-def test_known_bad_inputs(fuzz_server, tmp_path, case):
+class Replay:
+    """What a known case's replay gets: requests on fresh connections, a namespace of its
+    own, and the server's RSS."""
+
+    def __init__(self, server, tmpdir):
+        self.server = server
+        self.ctx, _ = tls_contexts(server, tmpdir)
+        self.ns = "known-" + uuid.uuid4().hex[:8]
+        st = self.request("POST", "/api/v1/namespaces", json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.ns}}))[0]
+        assert st == 201, st
+        # The fuzz CRD, when this runs without the fuzz test before it.
+        st = self.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json.dumps(CRD))[0]
+        assert st in (201, 409), st
+        deadline = time.time() + 30
+        while self.request("GET", f"/apis/{GROUP}/v1/namespaces/{self.ns}/widgets")[0] != 200:
+            assert time.time() < deadline, "the fuzz CRD never became served"
+            time.sleep(0.1)
+
+    def connection(self):
+        return http.client.HTTPSConnection("127.0.0.1", self.server.port, context=self.ctx, timeout=REQUEST_TIMEOUT)
+
+    def request(self, method, path, body=None, ctype="application/json"):
+        conn = self.connection()
+        try:
+            conn.request(method, path, body=body.encode() if isinstance(body, str) else body,
+                         headers={"Content-Type": ctype, "Accept": "application/json"})
+            r = conn.getresponse()
+            return r.status, r.headers, r.read()
+        finally:
+            conn.close()
+
+    def rss_kb(self):
+        return rss_kb(self.server)
+
+    def measured(self, method, path, body, ctype):
+        """A request with its duration and the server's peak RSS growth while it ran."""
+        base = self.rss_kb()
+        peak = [base]
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                peak[0] = max(peak[0], self.rss_kb())
+                done.wait(0.02)
+
+        t = threading.Thread(target=sample, daemon=True)
+        t.start()
+        t0 = time.monotonic()
+        try:
+            st, _, data = self.request(method, path, body, ctype)
+        finally:
+            done.set()
+            t.join()
+        return st, time.monotonic() - t0, peak[0] - base, data
+
+
+@pytest.fixture(scope="module")
+def known_server():
+    """A server for the replays: the fuzz run leaves collections broken by known bugs (a
+    cluster-wide DELETE or list would trip over them)."""
+    s = Server().start()
+    yield s
+    s.cleanup()
+
+
+@pytest.mark.parametrize("case", KNOWN_5XX + KNOWN_DIVERGENCES, ids=lambda c: c["id"])
+def test_known_bad_inputs(known_server, tmp_path, case):
     """Each input the fuzz run found to get a wrong answer, replayed: fails until the server
     answers it as a Kubernetes API server does."""
-    run = Run(fuzz_server, SEED, str(tmp_path))
-    t = Transport(fuzz_server.port, run.ctx, run.anon_ctx)
-    for setup in case.get("setup", []):
-        t.send(Req(setup["method"], setup["path"], setup.get("body"), headers=dict(setup.get("headers", {}))))
-    rss0 = run.rss_kb()
-    t0 = time.monotonic()
-    status, headers, data = t.send(Req(case["method"], case["path"], case.get("body"), headers=dict(case.get("headers", {}))))
-    elapsed = time.monotonic() - t0
-    growth = max(run.rss_kb() - rss0, 0)
-    assert fuzz_server.proc.poll() is None, "the server died"
-    assert status < 500, f"{case['id']}: still {status}: {data[:500]!r}"
-    err = case["check"](status, data, elapsed, growth)
-    assert err is None, f"{case['id']}: {err} (status {status}, {elapsed:.1f}s, RSS +{growth} kB): {data[:300]!r}"
+    r = Replay(known_server, str(tmp_path))
+    err = case["replay"](r)
+    assert known_server.proc.poll() is None, f"{case['id']}: the server died:\n{known_server.logs()}"
+    assert err is None, f"{case['id']} ({case['what']}): {err}"

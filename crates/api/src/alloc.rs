@@ -74,7 +74,10 @@ pub async fn allocate_service(
         svc["metadata"]["name"].as_str().unwrap_or("")
     );
     let name = svc["metadata"]["name"].as_str().unwrap_or("").to_string();
-    let ty = svc["spec"]["type"].as_str().unwrap_or("ClusterIP").to_string();
+    let ty = svc["spec"]["type"]
+        .as_str()
+        .unwrap_or("ClusterIP")
+        .to_string();
     if ty != "ExternalName" {
         match svc["spec"]["clusterIP"].as_str() {
             Some("None") => {
@@ -82,13 +85,27 @@ pub async fn allocate_service(
             }
             Some(ip) if !ip.is_empty() => {
                 let parsed: Ipv4Addr = ip.parse().map_err(|_| {
-                    invalid(&name, Cause::invalid("spec.clusterIPs[0]", &json!(ip), "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"))
+                    invalid(
+                        &name,
+                        Cause::invalid(
+                            "spec.clusterIPs[0]",
+                            &json!(ip),
+                            "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                        ),
+                    )
                 })?;
                 if !ranges.contains(parsed) {
                     return Err(invalid(&name, Cause::invalid("spec.clusterIPs", &json!([ip]), format!("failed to allocate IP {ip}: provided IP is not in the valid range. The range of valid IPs is {}/{}", ranges.service_net, ranges.service_prefix))));
                 }
                 if !claim(store, &ip_key(ip), &owner).await? {
-                    return Err(invalid(&name, Cause::invalid("spec.clusterIPs", &json!([ip]), format!("failed to allocate IP {ip}: provided IP is already allocated"))));
+                    return Err(invalid(
+                        &name,
+                        Cause::invalid(
+                            "spec.clusterIPs",
+                            &json!([ip]),
+                            format!("failed to allocate IP {ip}: provided IP is already allocated"),
+                        ),
+                    ));
                 }
                 claimed.push(ip_key(ip));
                 svc["spec"]["clusterIPs"] = json!([ip]);
@@ -113,7 +130,14 @@ pub async fn allocate_service(
                     }
                     if !claim(store, &port_key(n), &owner).await? {
                         release_all(store, &claimed).await;
-                        return Err(invalid(&name, Cause::invalid(format!("spec.ports[{i}].nodePort"), &json!(n), "provided port is already allocated")));
+                        return Err(invalid(
+                            &name,
+                            Cause::invalid(
+                                format!("spec.ports[{i}].nodePort"),
+                                &json!(n),
+                                "provided port is already allocated",
+                            ),
+                        ));
                     }
                     n
                 }
@@ -172,7 +196,9 @@ async fn pick_ip(store: &Store, ranges: &Ranges, owner: &str) -> ApiResult<Strin
             return Ok(ip);
         }
     }
-    Err(ApiError::internal("failed to allocate a serviceIP: range is full"))
+    Err(ApiError::internal(
+        "failed to allocate a serviceIP: range is full",
+    ))
 }
 
 async fn pick_port(store: &Store, ranges: &Ranges, owner: &str) -> ApiResult<u16> {
@@ -185,7 +211,9 @@ async fn pick_port(store: &Store, ranges: &Ranges, owner: &str) -> ApiResult<u16
             return Ok(port);
         }
     }
-    Err(ApiError::internal("failed to allocate a nodePort: range is full"))
+    Err(ApiError::internal(
+        "failed to allocate a nodePort: range is full",
+    ))
 }
 
 /// Claim a specific address (the `kubernetes` service at start-up).

@@ -52,7 +52,14 @@ pub async fn apply(
         return Ok(json_response(201, &out, &warnings));
     }
     let (out, warnings, code) = update_object(st, res, ns, name, sub, &ctx, |current| {
-        merge_applied(current, &applied, &config_set, &ctx.field_manager, res, force)
+        merge_applied(
+            current,
+            &applied,
+            &config_set,
+            &ctx.field_manager,
+            res,
+            force,
+        )
     })
     .await?;
     Ok(json_response(code, &out, &warnings))
@@ -139,7 +146,12 @@ fn conflict_error(conflicts: &[(String, Path)], version: &str) -> ApiError {
     } else {
         let lines: Vec<String> = conflicts
             .iter()
-            .map(|(m, p)| format!("conflict with \"{m}\" using {version}: {}", fieldpath::render(p)))
+            .map(|(m, p)| {
+                format!(
+                    "conflict with \"{m}\" using {version}: {}",
+                    fieldpath::render(p)
+                )
+            })
             .collect();
         format!("Apply failed with {n} conflicts: {}", lines.join("\n"))
     };

@@ -19,7 +19,9 @@ pub async fn read_body(body: Body) -> ApiResult<Vec<u8>> {
             if msg.contains("LengthLimit") || msg.contains("length limit") {
                 Err(ApiError::too_large(MAX_BODY))
             } else {
-                Err(ApiError::bad_request(format!("failed to read request body: {e}")))
+                Err(ApiError::bad_request(format!(
+                    "failed to read request body: {e}"
+                )))
             }
         }
     }
@@ -29,7 +31,13 @@ pub fn content_type(headers: &HeaderMap) -> String {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|s| s.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|s| {
+            s.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default()
 }
 
@@ -38,6 +46,13 @@ pub fn content_type(headers: &HeaderMap) -> String {
 pub fn parse_object(bytes: &[u8], ct: &str) -> ApiResult<Value> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(ApiError::bad_request("the body of the request was empty"));
+    }
+    if !(ct.is_empty()
+        || ct == "application/json"
+        || ct.contains("yaml")
+        || corral_apimachinery::protobuf::is_protobuf_content_type(ct))
+    {
+        return Err(ApiError::unsupported_media_type(ct));
     }
     if corral_apimachinery::protobuf::is_protobuf_content_type(ct) {
         // kubectl's typed commands (create namespace/configmap/deployment...) send protobuf.
@@ -55,7 +70,31 @@ pub fn parse_object(bytes: &[u8], ct: &str) -> ApiResult<Value> {
         }
         Err(_) => parse_yaml(bytes)?,
     };
+    check_depth(&v)?;
     Ok(v)
+}
+
+/// No Kubernetes object nests this deep; refusing deeper ones keeps every stored object (and
+/// its managedFields, a few levels deeper) readable by the JSON decoder's recursion limit.
+pub const MAX_DEPTH: usize = 100;
+
+pub fn check_depth(v: &Value) -> ApiResult<()> {
+    fn depth(v: &Value, d: usize) -> usize {
+        if d > MAX_DEPTH {
+            return d;
+        }
+        match v {
+            Value::Object(m) => m.values().map(|x| depth(x, d + 1)).max().unwrap_or(d),
+            Value::Array(a) => a.iter().map(|x| depth(x, d + 1)).max().unwrap_or(d),
+            _ => d,
+        }
+    }
+    if depth(v, 0) > MAX_DEPTH {
+        return Err(ApiError::bad_request(format!(
+            "the request body nests deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    Ok(())
 }
 
 pub fn parse_yaml(bytes: &[u8]) -> ApiResult<Value> {
@@ -109,8 +148,21 @@ pub fn json_response(code: u16, v: &Value, warnings: &[String]) -> Response {
     resp
 }
 
+/// Upstream caps warning text per response (4 KiB) so clients with header limits (Python's
+/// http.client allows 100 headers) still get the response.
+const MAX_WARNING_BYTES: usize = 4096;
+
 pub fn add_warnings(h: &mut HeaderMap, warnings: &[String]) {
-    for w in warnings {
+    let mut used = 0;
+    for (i, w) in warnings.iter().enumerate() {
+        if used + w.len() > MAX_WARNING_BYTES {
+            let rest = format!("{} more warnings were truncated", warnings.len() - i);
+            if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{rest}\"")) {
+                h.append("Warning", v);
+            }
+            break;
+        }
+        used += w.len();
         let text = w.replace('"', "\\\"");
         if let Ok(v) = HeaderValue::from_str(&format!("299 - \"{text}\"")) {
             h.append("Warning", v);

@@ -109,11 +109,26 @@ fn event_new_to_core(obj: Value) -> Value {
     move_field(&mut src, "type", &mut out, "type");
     move_field(&mut src, "action", &mut out, "action");
     move_field(&mut src, "eventTime", &mut out, "eventTime");
-    move_field(&mut src, "reportingController", &mut out, "reportingComponent");
+    move_field(
+        &mut src,
+        "reportingController",
+        &mut out,
+        "reportingComponent",
+    );
     move_field(&mut src, "reportingInstance", &mut out, "reportingInstance");
     move_field(&mut src, "deprecatedSource", &mut out, "source");
-    move_field(&mut src, "deprecatedFirstTimestamp", &mut out, "firstTimestamp");
-    move_field(&mut src, "deprecatedLastTimestamp", &mut out, "lastTimestamp");
+    move_field(
+        &mut src,
+        "deprecatedFirstTimestamp",
+        &mut out,
+        "firstTimestamp",
+    );
+    move_field(
+        &mut src,
+        "deprecatedLastTimestamp",
+        &mut out,
+        "lastTimestamp",
+    );
     move_field(&mut src, "deprecatedCount", &mut out, "count");
     if let Some(Value::Object(mut series)) = src.remove("series") {
         let mut s = Map::new();
@@ -144,11 +159,26 @@ fn event_core_to_new(obj: Value) -> Value {
     move_field(&mut src, "type", &mut out, "type");
     move_field(&mut src, "action", &mut out, "action");
     move_field(&mut src, "eventTime", &mut out, "eventTime");
-    move_field(&mut src, "reportingComponent", &mut out, "reportingController");
+    move_field(
+        &mut src,
+        "reportingComponent",
+        &mut out,
+        "reportingController",
+    );
     move_field(&mut src, "reportingInstance", &mut out, "reportingInstance");
     move_field(&mut src, "source", &mut out, "deprecatedSource");
-    move_field(&mut src, "firstTimestamp", &mut out, "deprecatedFirstTimestamp");
-    move_field(&mut src, "lastTimestamp", &mut out, "deprecatedLastTimestamp");
+    move_field(
+        &mut src,
+        "firstTimestamp",
+        &mut out,
+        "deprecatedFirstTimestamp",
+    );
+    move_field(
+        &mut src,
+        "lastTimestamp",
+        &mut out,
+        "deprecatedLastTimestamp",
+    );
     move_field(&mut src, "count", &mut out, "deprecatedCount");
     if let Some(Value::Object(mut series)) = src.remove("series") {
         let mut s = Map::new();

@@ -106,7 +106,11 @@ pub fn validate(crd: &Value, old: Option<&Value>, c: &mut Vec<Cause>) {
     if group.is_empty() {
         c.push(Cause::required("spec.group"));
     } else if !group.contains('.') {
-        c.push(Cause::invalid("spec.group", &spec["group"], "should be a domain with at least one dot"));
+        c.push(Cause::invalid(
+            "spec.group",
+            &spec["group"],
+            "should be a domain with at least one dot",
+        ));
     }
     if plural.is_empty() {
         c.push(Cause::required("spec.names.plural"));
@@ -122,23 +126,35 @@ pub fn validate(crd: &Value, old: Option<&Value>, c: &mut Vec<Cause>) {
         ));
     }
     if !matches!(spec["scope"].as_str(), Some("Namespaced") | Some("Cluster")) {
-        c.push(Cause::unsupported("spec.scope", &spec["scope"], &["Cluster", "Namespaced"]));
+        c.push(Cause::unsupported(
+            "spec.scope",
+            &spec["scope"],
+            &["Cluster", "Namespaced"],
+        ));
     }
     let versions = spec["versions"].as_array().cloned().unwrap_or_default();
     if versions.is_empty() {
         c.push(Cause::required("spec.versions"));
     }
-    let storage = versions.iter().filter(|v| v["storage"] == json!(true)).count();
+    let storage = versions
+        .iter()
+        .filter(|v| v["storage"] == json!(true))
+        .count();
     if !versions.is_empty() && storage != 1 {
         c.push(Cause::invalid(
             "spec.versions",
-            &json!(versions.iter().map(|v| v["name"].clone()).collect::<Vec<_>>()),
+            &json!(versions
+                .iter()
+                .map(|v| v["name"].clone())
+                .collect::<Vec<_>>()),
             "must have exactly one version marked as storage version",
         ));
     }
     for (i, v) in versions.iter().enumerate() {
         if v["schema"]["openAPIV3Schema"].is_null() {
-            c.push(Cause::required(format!("spec.versions[{i}].schema.openAPIV3Schema")));
+            c.push(Cause::required(format!(
+                "spec.versions[{i}].schema.openAPIV3Schema"
+            )));
         } else if v["schema"]["openAPIV3Schema"]["type"] != json!("object") {
             c.push(Cause::invalid(
                 format!("spec.versions[{i}].schema.openAPIV3Schema.type"),
@@ -152,13 +168,20 @@ pub fn validate(crd: &Value, old: Option<&Value>, c: &mut Vec<Cause>) {
             c.push(Cause::immutable("spec.group", &spec["group"]));
         }
         if old["spec"]["names"]["plural"] != spec["names"]["plural"] {
-            c.push(Cause::immutable("spec.names.plural", &spec["names"]["plural"]));
+            c.push(Cause::immutable(
+                "spec.names.plural",
+                &spec["names"]["plural"],
+            ));
         }
     }
 }
 
 pub fn check_served(st: &Shared, res: &Resource) -> ApiResult<()> {
-    if st.registry.lookup(&res.group, &res.version, &res.plural).is_none() {
+    if st
+        .registry
+        .lookup(&res.group, &res.version, &res.plural)
+        .is_none()
+    {
         return Err(ApiError::path_not_found());
     }
     Ok(())
@@ -180,7 +203,10 @@ fn desired_status(crd: &Value) -> Value {
         .filter(|v| v["storage"] == json!(true))
         .map(|v| v["name"].clone())
         .collect();
-    let mut stored = crd["status"]["storedVersions"].as_array().cloned().unwrap_or_default();
+    let mut stored = crd["status"]["storedVersions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     for s in storage {
         if !stored.contains(&s) {
             stored.push(s);
@@ -220,7 +246,15 @@ pub async fn after_write(st: &Shared, res: &Resource, stored: &Value) -> Vec<Str
             .as_str()
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
-        let _ = storage::put(&st.store, res, None, name, &updated, Compare::ModRevision(rev)).await;
+        let _ = storage::put(
+            &st.store,
+            res,
+            None,
+            name,
+            &updated,
+            Compare::ModRevision(rev),
+        )
+        .await;
     }
     Vec::new()
 }

@@ -168,9 +168,18 @@ pub fn pod_spec(spec: &mut Value) {
     }
     if let Some(vols) = spec["volumes"].as_array_mut() {
         for v in vols {
-            for (src, mode) in [("configMap", 420), ("secret", 420), ("downwardAPI", 420), ("projected", 420)] {
+            for (src, mode) in [
+                ("configMap", 420),
+                ("secret", 420),
+                ("downwardAPI", 420),
+                ("projected", 420),
+            ] {
                 if v[src].is_object() {
-                    let key = if src == "secret" { "defaultMode" } else { "defaultMode" };
+                    let key = if src == "secret" {
+                        "defaultMode"
+                    } else {
+                        "defaultMode"
+                    };
                     set_default(&mut v[src], key, json!(mode));
                 }
             }

@@ -27,7 +27,9 @@ pub fn wants_aggregated(accept: &str) -> Option<&'static str> {
 }
 
 /// Subresources served for a resource: (name, response kind (group, version, kind), verbs).
-pub fn subresources(r: &Resource) -> Vec<(&'static str, (String, String, String), Vec<&'static str>)> {
+pub fn subresources(
+    r: &Resource,
+) -> Vec<(&'static str, (String, String, String), Vec<&'static str>)> {
     let own = (r.group.clone(), r.version.clone(), r.kind.clone());
     let mut out = Vec::new();
     if r.status {
@@ -46,7 +48,11 @@ pub fn subresources(r: &Resource) -> Vec<(&'static str, (String, String, String)
         out.push(("log", core("Pod"), vec!["get"]));
         out.push(("exec", core("PodExecOptions"), vec!["create", "get"]));
         out.push(("attach", core("PodAttachOptions"), vec!["create", "get"]));
-        out.push(("portforward", core("PodPortForwardOptions"), vec!["create", "get"]));
+        out.push((
+            "portforward",
+            core("PodPortForwardOptions"),
+            vec!["create", "get"],
+        ));
         out.push((
             "eviction",
             ("policy".into(), "v1".into(), "Eviction".into()),
@@ -159,7 +165,10 @@ pub fn api_group_doc(registry: &Registry, group: &str) -> Option<Value> {
 pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<Value> {
     let all = registry.all();
     let mut resources = Vec::new();
-    for r in all.iter().filter(|r| r.group == group && r.version == version) {
+    for r in all
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+    {
         let mut e = json!({
             "name": r.plural,
             "singularName": r.singular,

@@ -127,8 +127,12 @@ impl ApiError {
     }
 
     pub fn path_not_found() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
-            .with_details(json!({}))
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+        .with_details(json!({}))
     }
 
     pub fn already_exists(qualified: &str, name: &str) -> Self {
@@ -175,9 +179,8 @@ impl ApiError {
             .iter()
             .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
             .collect();
-        Self::new(422, "Invalid", message).with_details(
-            json!({"name": name, "group": group, "kind": kind, "causes": causes}),
-        )
+        Self::new(422, "Invalid", message)
+            .with_details(json!({"name": name, "group": group, "kind": kind, "causes": causes}))
     }
 
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
@@ -250,9 +253,9 @@ fn split_qualified(q: &str) -> (&str, &str) {
 impl From<corral_store::Error> for ApiError {
     fn from(e: corral_store::Error) -> Self {
         match e {
-            corral_store::Error::Compacted { .. } => {
-                ApiError::gone(format!("The resourceVersion for the provided watch is too old: {e}"))
-            }
+            corral_store::Error::Compacted { .. } => ApiError::gone(format!(
+                "The resourceVersion for the provided watch is too old: {e}"
+            )),
             other => ApiError::internal(format!("storage error: {other}")),
         }
     }

@@ -183,7 +183,8 @@ pub fn merge(live: &mut Value, config: &Value) {
             match (keys, l.as_array_mut()) {
                 (Some(keys), Some(la)) if list_key(la).is_none_or(|k| k == keys) => {
                     for ci in c {
-                        let key: Value = serde_json::from_str(&key_of(ci, keys)).unwrap_or_default();
+                        let key: Value =
+                            serde_json::from_str(&key_of(ci, keys)).unwrap_or_default();
                         match la.iter_mut().find(|it| matches_key(it, &key)) {
                             Some(li) => merge(li, ci),
                             None => la.push(ci.clone()),
@@ -291,7 +292,10 @@ mod tests {
         let obj = json!({"spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "web", "image": "x"}]}}}});
         let set = set_of(&obj);
         let enc = to_fields_v1(&set);
-        assert!(enc["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"]["."].is_object());
+        assert!(
+            enc["f:spec"]["f:template"]["f:spec"]["f:containers"]["k:{\"name\":\"web\"}"]["."]
+                .is_object()
+        );
         assert_eq!(from_fields_v1(&enc), set);
     }
 

@@ -73,22 +73,24 @@ impl Filter {
         label: Option<&str>,
         field: Option<&str>,
     ) -> ApiResult<Filter> {
-        let labels = match label {
-            Some(s) if !s.trim().is_empty() => Some(
-                LabelSelector::parse(s)
-                    .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?,
-            ),
-            _ => None,
-        };
+        let labels =
+            match label {
+                Some(s) if !s.trim().is_empty() => Some(LabelSelector::parse(s).map_err(|e| {
+                    ApiError::bad_request(format!("unable to parse requirement: {e}"))
+                })?),
+                _ => None,
+            };
         let fields = match field {
             Some(s) if !s.trim().is_empty() => {
-                let sel = FieldSelector::parse(s).map_err(|e| {
-                    ApiError::bad_request(format!("invalid field selector: {e}"))
-                })?;
+                let sel = FieldSelector::parse(s)
+                    .map_err(|e| ApiError::bad_request(format!("invalid field selector: {e}")))?;
                 let ok = supported(res);
                 for req in sel.requirements() {
                     let f = &req.field;
-                    if f != "metadata.name" && f != "metadata.namespace" && !ok.contains(&f.as_str()) {
+                    if f != "metadata.name"
+                        && f != "metadata.namespace"
+                        && !ok.contains(&f.as_str())
+                    {
                         return Err(ApiError::bad_request(format!(
                             "field label not supported: {f}"
                         )));
@@ -117,9 +119,7 @@ impl Filter {
             let get = |path: &str| -> Option<String> {
                 match path {
                     "metadata.name" => obj["metadata"]["name"].as_str().map(String::from),
-                    "metadata.namespace" => {
-                        obj["metadata"]["namespace"].as_str().map(String::from)
-                    }
+                    "metadata.namespace" => obj["metadata"]["namespace"].as_str().map(String::from),
                     other => field_value(obj, other),
                 }
             };

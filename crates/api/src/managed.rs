@@ -93,7 +93,13 @@ pub fn owned_fields(obj: &Value) -> Set {
 }
 
 /// Record a non-apply write by `manager`: it takes the fields that changed.
-pub fn record(new: &mut Value, old: Option<&Value>, manager: &str, operation: &str, api_version: &str) {
+pub fn record(
+    new: &mut Value,
+    old: Option<&Value>,
+    manager: &str,
+    operation: &str,
+    api_version: &str,
+) {
     if operation == "Apply" {
         return; // The apply module has already set the entries.
     }
@@ -104,7 +110,9 @@ pub fn record(new: &mut Value, old: Option<&Value>, manager: &str, operation: &s
             let old_set = owned_fields(old);
             new_set
                 .iter()
-                .filter(|p| fieldpath::get(old, p) != fieldpath::get(new, p) || !old_set.contains(*p))
+                .filter(|p| {
+                    fieldpath::get(old, p) != fieldpath::get(new, p) || !old_set.contains(*p)
+                })
                 .cloned()
                 .collect()
         }

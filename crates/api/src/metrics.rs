@@ -48,7 +48,9 @@ impl Metrics {
             requests.clone(),
         );
         let duration = Family::<VerbLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0])
+            Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ])
         });
         registry.register(
             "apiserver_request_duration_seconds",

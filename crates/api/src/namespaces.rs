@@ -8,9 +8,9 @@
 //! same handler functions clients use.
 
 use crate::error::ApiResult;
-use crate::handlers::{create_object, delete_object, update_object, WriteCtx};
-use crate::handlers::read::list_page_all;
 use crate::filter::Filter;
+use crate::handlers::read::list_page_all;
+use crate::handlers::{create_object, delete_object, update_object, WriteCtx};
 use crate::request::FieldValidation;
 use crate::server::Shared;
 use crate::storage;
@@ -33,9 +33,15 @@ pub fn system_ctx() -> WriteCtx {
 
 /// Create the namespaces every cluster has and the `kubernetes` Service.
 pub async fn bootstrap(st: &Shared) -> ApiResult<()> {
-    let ns_res = st.registry.lookup("", "v1", "namespaces").expect("built in");
+    let ns_res = st
+        .registry
+        .lookup("", "v1", "namespaces")
+        .expect("built in");
     for name in BUILTIN {
-        if storage::get(&st.store, &ns_res, None, name).await?.is_none() {
+        if storage::get(&st.store, &ns_res, None, name)
+            .await?
+            .is_none()
+        {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
             match create_object(st, &ns_res, None, obj, &system_ctx()).await {
                 Ok(_) => {}
@@ -45,9 +51,16 @@ pub async fn bootstrap(st: &Shared) -> ApiResult<()> {
         }
     }
     let svc_res = st.registry.lookup("", "v1", "services").expect("built in");
-    if storage::get(&st.store, &svc_res, Some("default"), "kubernetes").await?.is_none() {
+    if storage::get(&st.store, &svc_res, Some("default"), "kubernetes")
+        .await?
+        .is_none()
+    {
         let ip = st.config.ranges.first();
-        crate::alloc::release(&st.store, format!("/registry/ranges/serviceips/{ip}").as_bytes()).await;
+        crate::alloc::release(
+            &st.store,
+            format!("/registry/ranges/serviceips/{ip}").as_bytes(),
+        )
+        .await;
         let svc = json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
@@ -60,7 +73,10 @@ pub async fn bootstrap(st: &Shared) -> ApiResult<()> {
         }
     }
     let ep_res = st.registry.lookup("", "v1", "endpoints").expect("built in");
-    if storage::get(&st.store, &ep_res, Some("default"), "kubernetes").await?.is_none() {
+    if storage::get(&st.store, &ep_res, Some("default"), "kubernetes")
+        .await?
+        .is_none()
+    {
         let ep = json!({
             "apiVersion": "v1", "kind": "Endpoints",
             "metadata": {"name": "kubernetes", "namespace": "default"},
@@ -77,7 +93,9 @@ async fn finalize(st: &Shared, ns: &Value) -> ApiResult<bool> {
     let mut remaining = 0usize;
     let mut seen = BTreeSet::new();
     let everything = Filter::from_query(
-        &st.registry.lookup("", "v1", "namespaces").expect("built in"),
+        &st.registry
+            .lookup("", "v1", "namespaces")
+            .expect("built in"),
         None,
         None,
     )?;
@@ -97,28 +115,41 @@ async fn finalize(st: &Shared, ns: &Value) -> ApiResult<bool> {
             match delete_object(st, &res, Some(&name), &oname, &view).await {
                 Ok(_) => {}
                 Err(e) if e.code() == 404 => {}
-                Err(e) => tracing::warn!(namespace = %name, object = %oname, error = %e, "namespace cleanup delete failed"),
+                Err(e) => {
+                    tracing::warn!(namespace = %name, object = %oname, error = %e, "namespace cleanup delete failed")
+                }
             }
         }
     }
     if remaining > 0 {
         return Ok(false);
     }
-    let ns_res = st.registry.lookup("", "v1", "namespaces").expect("built in");
+    let ns_res = st
+        .registry
+        .lookup("", "v1", "namespaces")
+        .expect("built in");
     let mut ctx = system_ctx();
     ctx.field_manager = "namespace-controller".into();
-    let r = update_object(st, &ns_res, None, &name, Some("finalize"), &ctx, |current| {
-        let mut n = current.clone();
-        let fins: Vec<Value> = n["spec"]["finalizers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|f| f != "kubernetes")
-            .collect();
-        n["spec"]["finalizers"] = json!(fins);
-        Ok(n)
-    })
+    let r = update_object(
+        st,
+        &ns_res,
+        None,
+        &name,
+        Some("finalize"),
+        &ctx,
+        |current| {
+            let mut n = current.clone();
+            let fins: Vec<Value> = n["spec"]["finalizers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|f| f != "kubernetes")
+                .collect();
+            n["spec"]["finalizers"] = json!(fins);
+            Ok(n)
+        },
+    )
     .await;
     match r {
         Ok(_) => Ok(true),
@@ -129,16 +160,26 @@ async fn finalize(st: &Shared, ns: &Value) -> ApiResult<bool> {
 
 /// The namespace finalizer loop, until `stop` fires.
 pub async fn run_finalizer(st: Shared, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let ns_res = st.registry.lookup("", "v1", "namespaces").expect("built in");
+    let ns_res = st
+        .registry
+        .lookup("", "v1", "namespaces")
+        .expect("built in");
     let prefix = storage::prefix(&ns_res, None);
     let end = storage::prefix_end(&prefix);
     let everything = Filter::from_query(&ns_res, None, None).expect("empty filter");
-    let mut watch = st.store.watch(&prefix, &end, st.store.current_revision()).ok();
+    let mut watch = st
+        .store
+        .watch(&prefix, &end, st.store.current_revision())
+        .ok();
     loop {
         let mut pending = false;
         match list_page_all(&st, &ns_res, None, &everything).await {
             Ok(page) => {
-                for ns in page.items.iter().filter(|n| !n["metadata"]["deletionTimestamp"].is_null()) {
+                for ns in page
+                    .items
+                    .iter()
+                    .filter(|n| !n["metadata"]["deletionTimestamp"].is_null())
+                {
                     match finalize(&st, ns).await {
                         Ok(done) => pending |= !done,
                         Err(e) => {
@@ -151,7 +192,11 @@ pub async fn run_finalizer(st: Shared, mut stop: tokio::sync::watch::Receiver<bo
             Err(e) => tracing::warn!(loop_name = "namespace-finalizer", error = %e, "list failed"),
         }
         // Wake on a namespace change, or soon when work is pending, or on a slow resync.
-        let wait = if pending { Duration::from_millis(200) } else { Duration::from_secs(30) };
+        let wait = if pending {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(30)
+        };
         let woke = async {
             match watch.as_mut() {
                 Some(w) => loop {
@@ -173,7 +218,10 @@ pub async fn run_finalizer(st: Shared, mut stop: tokio::sync::watch::Receiver<bo
             _ = woke => {}
         }
         if watch.is_none() {
-            watch = st.store.watch(&prefix, &end, st.store.current_revision()).ok();
+            watch = st
+                .store
+                .watch(&prefix, &end, st.store.current_revision())
+                .ok();
         }
     }
 }

@@ -12,9 +12,7 @@ use crate::validation::schema::{self, Defs, Options};
 use serde_json::{json, Map, Value};
 
 pub fn now_rfc3339() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// Ensure apiVersion/kind are the resource's own (filling them in when absent).
@@ -73,6 +71,21 @@ pub fn normalize(
     fv: FieldValidation,
 ) -> ApiResult<Vec<String>> {
     let mut warnings = Vec::new();
+    // Patches can build what no single body may carry.
+    crate::body::check_depth(obj)?;
+    if res.is_custom() {
+        // Custom resources have no typed struct, but their metadata is a real ObjectMeta.
+        let meta = obj.get("metadata").cloned().unwrap_or(Value::Null);
+        if let Err(e) = serde_json::from_value::<
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        >(meta)
+        {
+            return Err(ApiError::bad_request(format!(
+                "{} in version \"{}\" cannot be handled as a {}: metadata: {e}",
+                res.kind, res.version, res.kind
+            )));
+        }
+    }
     let components = openapi.components();
     let (schema, defs): (Option<&Value>, Option<&Map<String, Value>>) =
         match (&res.crd, res.definition) {
@@ -86,7 +99,11 @@ pub fn normalize(
         // Metadata is checked by its own rules and never pruned for custom resources.
         let kept: Vec<(&str, Value)> = ["apiVersion", "kind", "metadata"]
             .into_iter()
-            .filter_map(|k| obj.as_object_mut().and_then(|m| m.remove(k)).map(|v| (k, v)))
+            .filter_map(|k| {
+                obj.as_object_mut()
+                    .and_then(|m| m.remove(k))
+                    .map(|v| (k, v))
+            })
             .collect();
         let f = schema::walk(
             obj,
@@ -111,8 +128,10 @@ pub fn normalize(
         if !unknown.is_empty() {
             match fv {
                 FieldValidation::Strict => {
-                    let list: Vec<String> =
-                        unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect();
+                    let list: Vec<String> = unknown
+                        .iter()
+                        .map(|u| format!("unknown field \"{u}\""))
+                        .collect();
                     return Err(ApiError::bad_request(format!(
                         "strict decoding error: {}",
                         list.join(", ")
@@ -185,7 +204,9 @@ pub fn tracks_generation(res: &Resource) -> bool {
 
 /// Server-owned metadata for a new object.
 pub fn init_meta(res: &Resource, obj: &mut Value) {
-    let meta = obj["metadata"].as_object_mut().expect("metadata is an object");
+    let meta = obj["metadata"]
+        .as_object_mut()
+        .expect("metadata is an object");
     meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
     if tracks_generation(res) {
@@ -203,7 +224,9 @@ pub fn init_meta(res: &Resource, obj: &mut Value) {
 /// Keep server-owned metadata from `old` and bump generation when the spec changed.
 pub fn carry_meta(res: &Resource, old: &Value, new: &mut Value) {
     let old_meta = &old["metadata"];
-    let meta = new["metadata"].as_object_mut().expect("metadata is an object");
+    let meta = new["metadata"]
+        .as_object_mut()
+        .expect("metadata is an object");
     for f in [
         "uid",
         "creationTimestamp",
@@ -229,7 +252,13 @@ pub fn carry_meta(res: &Resource, old: &Value, new: &mut Value) {
 }
 
 fn drop_empty(meta: &mut Map<String, Value>) {
-    for f in ["labels", "annotations", "finalizers", "ownerReferences", "managedFields"] {
+    for f in [
+        "labels",
+        "annotations",
+        "finalizers",
+        "ownerReferences",
+        "managedFields",
+    ] {
         let empty = match meta.get(f) {
             Some(Value::Null) => true,
             Some(Value::Object(m)) => m.is_empty(),
@@ -277,8 +306,11 @@ pub fn reset_status_on_create(res: &Resource, obj: &mut Value) {
         ("", "Pod") => {
             obj["status"] = json!({"phase": "Pending", "qosClass": qos_class(&obj["spec"])});
         }
-        ("", "Namespace") | ("", "Node") | ("", "PersistentVolume")
-        | ("", "PersistentVolumeClaim") | ("", "ResourceQuota") => {}
+        ("", "Namespace")
+        | ("", "Node")
+        | ("", "PersistentVolume")
+        | ("", "PersistentVolumeClaim")
+        | ("", "ResourceQuota") => {}
         ("", "Service") => {
             obj["status"] = json!({"loadBalancer": {}});
         }

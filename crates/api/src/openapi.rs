@@ -245,7 +245,9 @@ fn build_gv_doc(builtin: &Map<String, Value>, resources: &[Resource]) -> Value {
                         .as_object_mut();
                     if let Some(props) = props {
                         props.insert("metadata".into(), json!({"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}));
-                        props.entry("apiVersion").or_insert(json!({"type": "string"}));
+                        props
+                            .entry("apiVersion")
+                            .or_insert(json!({"type": "string"}));
                         props.entry("kind").or_insert(json!({"type": "string"}));
                     }
                     m.insert(
@@ -271,7 +273,10 @@ fn build_gv_doc(builtin: &Map<String, Value>, resources: &[Resource]) -> Value {
         if !seen.insert(n.clone()) {
             continue;
         }
-        let s = schemas.get(&n).cloned().or_else(|| builtin.get(&n).cloned());
+        let s = schemas
+            .get(&n)
+            .cloned()
+            .or_else(|| builtin.get(&n).cloned());
         if let Some(s) = s {
             let mut refs = BTreeSet::new();
             collect_refs(&s, &mut refs);
@@ -303,13 +308,14 @@ fn add_paths(paths: &mut Map<String, Value>, r: &Resource, def: &str) {
             format!("{base}/namespaces/{{namespace}}/{}/{{name}}", r.plural),
         )
     } else {
-        (format!("{base}/{}", r.plural), format!("{base}/{}/{{name}}", r.plural))
+        (
+            format!("{base}/{}", r.plural),
+            format!("{base}/{}/{{name}}", r.plural),
+        )
     };
     let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
     let obj_ref = json!({"$ref": format!("#/components/schemas/{def}")});
-    let ok = |code: &str| {
-        json!({ code: {"description": "OK", "content": {"application/json": {"schema": obj_ref.clone()}}}})
-    };
+    let ok = |code: &str| json!({ code: {"description": "OK", "content": {"application/json": {"schema": obj_ref.clone()}}}});
     let op = |action: &str, id: &str, extra: Vec<Value>, responses: Value, body: Option<Value>| {
         let mut o = json!({
             "operationId": format!("{id}{}", r.kind),
@@ -325,7 +331,12 @@ fn add_paths(paths: &mut Map<String, Value>, r: &Resource, def: &str) {
     };
     let mut path_params = vec![];
     if r.namespaced {
-        path_params.push(param("namespace", "path", "object name and auth scope, such as for teams and projects", true));
+        path_params.push(param(
+            "namespace",
+            "path",
+            "object name and auth scope, such as for teams and projects",
+            true,
+        ));
     }
     let write_params = || {
         vec![
@@ -351,19 +362,71 @@ fn add_paths(paths: &mut Map<String, Value>, r: &Resource, def: &str) {
     ];
     let mut coll_item = Map::new();
     coll_item.insert("parameters".into(), json!(path_params.clone()));
-    coll_item.insert("get".into(), op("list", "list", list_params, json!({"200": {"description": "OK"}}), None));
-    coll_item.insert("post".into(), op("post", "create", write_params(), ok("201"), Some(body.clone())));
-    coll_item.insert("delete".into(), op("deletecollection", "deleteCollection", vec![], json!({"200": {"description": "OK"}}), None));
+    coll_item.insert(
+        "get".into(),
+        op(
+            "list",
+            "list",
+            list_params,
+            json!({"200": {"description": "OK"}}),
+            None,
+        ),
+    );
+    coll_item.insert(
+        "post".into(),
+        op(
+            "post",
+            "create",
+            write_params(),
+            ok("201"),
+            Some(body.clone()),
+        ),
+    );
+    coll_item.insert(
+        "delete".into(),
+        op(
+            "deletecollection",
+            "deleteCollection",
+            vec![],
+            json!({"200": {"description": "OK"}}),
+            None,
+        ),
+    );
     paths.insert(coll, Value::Object(coll_item));
     let mut item_params = path_params;
     item_params.push(param("name", "path", "name of the resource", true));
     let mut patch_params = write_params();
-    patch_params.push(param("force", "query", "Force is going to \"force\" Apply requests.", false));
+    patch_params.push(param(
+        "force",
+        "query",
+        "Force is going to \"force\" Apply requests.",
+        false,
+    ));
     let mut it = Map::new();
     it.insert("parameters".into(), json!(item_params));
     it.insert("get".into(), op("get", "read", vec![], ok("200"), None));
-    it.insert("put".into(), op("put", "replace", write_params(), ok("200"), Some(body)));
-    it.insert("patch".into(), op("patch", "patch", patch_params, ok("200"), Some(patch_body)));
-    it.insert("delete".into(), op("delete", "delete", vec![param("dryRun", "query", "When present, indicates that modifications should not be persisted.", false)], ok("200"), None));
+    it.insert(
+        "put".into(),
+        op("put", "replace", write_params(), ok("200"), Some(body)),
+    );
+    it.insert(
+        "patch".into(),
+        op("patch", "patch", patch_params, ok("200"), Some(patch_body)),
+    );
+    it.insert(
+        "delete".into(),
+        op(
+            "delete",
+            "delete",
+            vec![param(
+                "dryRun",
+                "query",
+                "When present, indicates that modifications should not be persisted.",
+                false,
+            )],
+            ok("200"),
+            None,
+        ),
+    );
     paths.insert(item, Value::Object(it));
 }

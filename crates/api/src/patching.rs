@@ -27,6 +27,9 @@ impl PatchKind {
     }
 }
 
+/// Upstream's limit on the operations of one JSON patch.
+pub const MAX_JSON_PATCH_OPS: usize = 10_000;
+
 pub fn apply_patch(
     res: &Resource,
     kind: PatchKind,
@@ -36,6 +39,16 @@ pub fn apply_patch(
     let name = current["metadata"]["name"].as_str().unwrap_or("");
     match kind {
         PatchKind::Json => {
+            if let Some(ops) = doc.as_array().filter(|ops| ops.len() > MAX_JSON_PATCH_OPS) {
+                return Err(ApiError::new(
+                    413,
+                    "RequestEntityTooLarge",
+                    format!(
+                        "The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPS}, got {}",
+                        ops.len()
+                    ),
+                ));
+            }
             if !doc.is_array() {
                 return Err(ApiError::bad_request(
                     "json: cannot unmarshal object into Go value of type jsonpatch.Patch",
@@ -43,7 +56,11 @@ pub fn apply_patch(
             }
             let mut out = current.clone();
             patch::json_patch(&mut out, doc).map_err(|e| {
-                ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}"))
+                ApiError::new(
+                    422,
+                    "Invalid",
+                    format!("the server rejected our request due to an error in our request: {e}"),
+                )
             })?;
             Ok(out)
         }
@@ -70,14 +87,15 @@ pub fn apply_patch(
                     "application/strategic-merge-patch+json is not supported for custom resources",
                 ));
             };
-            patch::strategic_merge_patch(current, doc, patch::builtin_patch_schema(), def)
-                .map_err(|e| {
+            patch::strategic_merge_patch(current, doc, patch::builtin_patch_schema(), def).map_err(
+                |e| {
                     ApiError::new(
                         422,
                         "Invalid",
                         format!("{} \"{name}\" is invalid: {e}", res.kind),
                     )
-                })
+                },
+            )
         }
         PatchKind::Apply => unreachable!("apply patches are handled by the apply module"),
     }

@@ -104,13 +104,27 @@ async fn dispatch(AxState(st): AxState<Shared>, req: Request<Body>) -> Response 
         st.metrics.store_revision.set(st.store.current_revision());
         return (
             StatusCode::OK,
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             st.metrics.encode(),
         )
             .into_response();
     }
     let started = std::time::Instant::now();
     let (verb, resource) = verb_and_resource(&req);
+    // Read the whole body before answering, even an early error: a response sent with
+    // the body unread makes the server drop a keep-alive connection the client reuses.
+    let req = if matches!(*req.method(), Method::GET | Method::HEAD) {
+        req
+    } else {
+        let (parts, body) = req.into_parts();
+        match body::read_body(body).await {
+            Ok(bytes) => Request::from_parts(parts, Body::from(bytes)),
+            Err(e) => return e.into_response(),
+        }
+    };
     let method = req.method().clone();
     let gzip_ok = req
         .headers()
@@ -138,7 +152,9 @@ async fn dispatch(AxState(st): AxState<Shared>, req: Request<Body>) -> Response 
         .inc();
     st.metrics
         .duration
-        .get_or_create(&crate::metrics::VerbLabels { verb: verb.to_string() })
+        .get_or_create(&crate::metrics::VerbLabels {
+            verb: verb.to_string(),
+        })
         .observe(started.elapsed().as_secs_f64());
     if gzip_ok {
         compress(resp).await
@@ -151,7 +167,10 @@ async fn dispatch(AxState(st): AxState<Shared>, req: Request<Body>) -> Response 
 fn verb_and_resource(req: &Request<Body>) -> (&'static str, String) {
     let t = parse_path(req.uri().path()).unwrap_or_default();
     let named = t.name.is_some();
-    let watch = req.uri().query().is_some_and(|q| q.contains("watch=true") || q.contains("watch=1"));
+    let watch = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.contains("watch=true") || q.contains("watch=1"));
     let verb = match (req.method().as_str(), named) {
         ("GET", true) => "GET",
         ("GET", false) if watch => "WATCH",
@@ -192,7 +211,10 @@ async fn compress(resp: Response) -> Response {
     .await;
     match compressed {
         Ok(Ok(gz)) => {
-            parts.headers.insert(header::CONTENT_ENCODING, header::HeaderValue::from_static("gzip"));
+            parts.headers.insert(
+                header::CONTENT_ENCODING,
+                header::HeaderValue::from_static("gzip"),
+            );
             parts.headers.remove(header::CONTENT_LENGTH);
             Response::from_parts(parts, Body::from(gz))
         }
@@ -247,7 +269,9 @@ async fn route(st: &Shared, req: Request<Body>, path: &str) -> ApiResult<Respons
         "/openapi/v3" if get => return Ok(json_response(200, &st.openapi.index(), &[])),
         "/openapi/v2" if get => {
             // kubectl asks for protobuf here and copes with a 404; JSON readers get JSON.
-            if accept.contains("protobuf") || !(accept.is_empty() || accept.contains("json") || accept.contains("*/*")) {
+            if accept.contains("protobuf")
+                || !(accept.is_empty() || accept.contains("json") || accept.contains("*/*"))
+            {
                 return Err(ApiError::path_not_found());
             }
             return Ok((

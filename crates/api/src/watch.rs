@@ -31,12 +31,16 @@ impl Encoder {
     fn event(&self, ty: &str, obj: Value) -> Bytes {
         let object = match self.table {
             Some(full) if ty != "BOOKMARK" && ty != "ERROR" => {
-                let rv = obj["metadata"]["resourceVersion"].as_str().unwrap_or("").to_string();
+                let rv = obj["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
                 table::render(&self.res, &[obj], &rv, None, full)
             }
             _ => obj,
         };
-        let mut line = serde_json::to_vec(&json!({"type": ty, "object": object})).unwrap_or_default();
+        let mut line =
+            serde_json::to_vec(&json!({"type": ty, "object": object})).unwrap_or_default();
         line.push(b'\n');
         Bytes::from(line)
     }
@@ -78,7 +82,9 @@ pub async fn serve(
         page.revision
     } else {
         rv_param.parse().map_err(|_| {
-            ApiError::bad_request(format!("resourceVersion: Invalid value: {rv_param:?}: must be a valid resource version"))
+            ApiError::bad_request(format!(
+                "resourceVersion: Invalid value: {rv_param:?}: must be a valid resource version"
+            ))
         })?
     };
     let prefix = storage::prefix(res, ns);
@@ -96,10 +102,7 @@ pub async fn serve(
             }
         }
         let Some(mut watch) = watch else {
-            let status = ApiError::gone(format!(
-                "too old resource version: {start_rev}"
-            ))
-            .status();
+            let status = ApiError::gone(format!("too old resource version: {start_rev}")).status();
             let _ = tx.send(enc.event("ERROR", status)).await;
             return;
         };

@@ -3,7 +3,7 @@
 //! (the `Table` columns `kubectl get` shows). Everything works on `serde_json::Value`, so the
 //! same code serves built-in kinds and custom resources.
 
-pub mod printers;
-pub mod selectors;
 pub mod patch;
+pub mod printers;
 pub mod protobuf;
+pub mod selectors;

@@ -11,7 +11,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(name = "corral", version, about = "A Kubernetes-compatible platform in one binary")]
+#[command(
+    name = "corral",
+    version,
+    about = "A Kubernetes-compatible platform in one binary"
+)]
 struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true)]
@@ -63,7 +67,9 @@ fn main() -> Result<()> {
 fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("CORRAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         b.json().init();
     } else {
@@ -113,7 +119,11 @@ async fn server(args: ServerArgs) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let config = corral_api::Config {
         advertise: SocketAddr::new(
-            if args.bind.is_unspecified() { "127.0.0.1".parse()? } else { args.bind },
+            if args.bind.is_unspecified() {
+                "127.0.0.1".parse()?
+            } else {
+                args.bind
+            },
             local.port(),
         ),
         ..Default::default()
@@ -136,7 +146,13 @@ async fn server(args: ServerArgs) -> Result<()> {
     println!("corral is serving {url}");
     println!("kubeconfig: {}", kubeconfig.display());
     println!("  export KUBECONFIG={}", kubeconfig.display());
-    let server = tokio::spawn(serve::run(listener, tls, router, pki.admin_token.clone(), stop_rx));
+    let server = tokio::spawn(serve::run(
+        listener,
+        tls,
+        router,
+        pki.admin_token.clone(),
+        stop_rx,
+    ));
     wait_for_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);

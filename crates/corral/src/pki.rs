@@ -5,8 +5,8 @@
 use anyhow::{Context, Result};
 use base64::Engine;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -22,8 +22,8 @@ pub struct Pki {
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -109,7 +109,12 @@ pub fn ensure(dir: &Path, extra_sans: &[String]) -> Result<Pki> {
             names.push(h.to_string());
         }
     }
-    names.extend(extra_sans.iter().filter(|s| s.parse::<std::net::IpAddr>().is_err()).cloned());
+    names.extend(
+        extra_sans
+            .iter()
+            .filter(|s| s.parse::<std::net::IpAddr>().is_err())
+            .cloned(),
+    );
     sp.subject_alt_names = names
         .into_iter()
         .filter_map(|n| n.try_into().ok().map(SanType::DnsName))
@@ -119,9 +124,17 @@ pub fn ensure(dir: &Path, extra_sans: &[String]) -> Result<Pki> {
         "::1".parse().unwrap(),
         "10.43.0.1".parse().unwrap(),
     ];
-    ips.extend(extra_sans.iter().filter_map(|s| s.parse::<std::net::IpAddr>().ok()));
-    sp.subject_alt_names.extend(ips.into_iter().map(SanType::IpAddress));
-    sp.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    ips.extend(
+        extra_sans
+            .iter()
+            .filter_map(|s| s.parse::<std::net::IpAddr>().ok()),
+    );
+    sp.subject_alt_names
+        .extend(ips.into_iter().map(SanType::IpAddress));
+    sp.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     validity(&mut sp, 3650);
     let server_cert = sp.signed_by(&server_key, &issuer)?;
@@ -129,7 +142,10 @@ pub fn ensure(dir: &Path, extra_sans: &[String]) -> Result<Pki> {
     let admin_key = KeyPair::generate()?;
     let mut ap = CertificateParams::default();
     ap.distinguished_name = dn("corral-admin", Some("system:masters"));
-    ap.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    ap.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     ap.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     validity(&mut ap, 3650);
     let admin_cert = ap.signed_by(&admin_key, &issuer)?;

@@ -114,7 +114,9 @@ pub async fn run(
                 .and_then(|c| identity_from_cert(c.as_ref()));
             let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let router = router.clone();
-                let ident = cert_identity.clone().or_else(|| bearer_identity(&req, &token));
+                let ident = cert_identity
+                    .clone()
+                    .or_else(|| bearer_identity(&req, &token));
                 async move {
                     if let Some(i) = ident {
                         req.extensions_mut().insert(i);
@@ -142,7 +144,11 @@ pub async fn run(
 }
 
 fn bearer_identity(req: &Request<Incoming>, token: &str) -> Option<Identity> {
-    let h = req.headers().get(hyper::header::AUTHORIZATION)?.to_str().ok()?;
+    let h = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     let t = h.strip_prefix("Bearer ")?.trim();
     if !token.is_empty() && constant_time_eq(t.as_bytes(), token.as_bytes()) {
         Some(Identity {

@@ -52,7 +52,9 @@ pub async fn resource(
         (_, Some(name), Some("scale")) if res.scale.is_some() => {
             subresources::scale(st, res, ns, name, &q, req).await
         }
-        (&Method::POST, Some(name), Some("binding")) if res.plural == "pods" && res.group.is_empty() => {
+        (&Method::POST, Some(name), Some("binding"))
+            if res.plural == "pods" && res.group.is_empty() =>
+        {
             subresources::binding(st, res, ns, name, &q, req).await
         }
         (&Method::GET, Some(name), Some("log")) if res.plural == "pods" && res.group.is_empty() => {
@@ -83,7 +85,15 @@ pub async fn resource(
             write::patch(st, res, ns, name, sub, &q, req).await
         }
         (&Method::DELETE, Some(name), None) => write::delete(st, res, ns, name, &q, req).await,
-        (&Method::DELETE, None, None) => write::delete_collection(st, res, ns, &q, req).await,
+        (&Method::DELETE, None, None) => {
+            if res.namespaced && ns.is_none() {
+                return Err(ApiError::method_not_allowed(format!(
+                    "the server does not allow this method on the requested resource (delete {})",
+                    res.plural
+                )));
+            }
+            write::delete_collection(st, res, ns, &q, req).await
+        }
         (_, _, Some(_)) => Err(ApiError::path_not_found()),
         _ => Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({} {})",

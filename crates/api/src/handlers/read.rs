@@ -47,7 +47,8 @@ fn encode_continue(rev: i64, start: &[u8]) -> String {
 }
 
 fn decode_continue(tok: &str) -> ApiResult<(i64, Vec<u8>)> {
-    let bad = || ApiError::bad_request("continue key is not valid: illegal base64 data at input byte 0");
+    let bad =
+        || ApiError::bad_request("continue key is not valid: illegal base64 data at input byte 0");
     let raw = base64::engine::general_purpose::URL_SAFE
         .decode(tok)
         .or_else(|_| base64::engine::general_purpose::STANDARD.decode(tok))
@@ -80,7 +81,9 @@ pub async fn list_page(
         Some(tok) if !tok.is_empty() => {
             let (rev, start) = decode_continue(tok)?;
             if !start.starts_with(&prefix) {
-                return Err(ApiError::bad_request("continue key is not valid: key does not match the request"));
+                return Err(ApiError::bad_request(
+                    "continue key is not valid: key does not match the request",
+                ));
             }
             if rev < st.store.compacted_revision() {
                 return Err(ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."));
@@ -173,7 +176,10 @@ pub async fn list(
                 meta["continue"] = json!(c);
             }
             let (kind, av) = if want == Want::PartialMetadata {
-                ("PartialObjectMetadataList".to_string(), "meta.k8s.io/v1".to_string())
+                (
+                    "PartialObjectMetadataList".to_string(),
+                    "meta.k8s.io/v1".to_string(),
+                )
             } else {
                 (res.list_kind.clone(), res.api_version())
             };

@@ -45,7 +45,8 @@ fn to_scale(res: &Resource, obj: &Value) -> Value {
         // Built-in workloads keep the selector as a LabelSelector in spec.
         selector = json!(selector_string(&obj["spec"]["selector"]));
     }
-    let mut status = json!({"replicas": path_get(obj, &paths.status_replicas).as_i64().unwrap_or(0)});
+    let mut status =
+        json!({"replicas": path_get(obj, &paths.status_replicas).as_i64().unwrap_or(0)});
     if selector.as_str().is_some_and(|s| !s.is_empty()) {
         status["selector"] = selector;
     }
@@ -139,26 +140,42 @@ pub async fn scale(
                 s
             }
             Some(k) => {
-                let k = if k == PatchKind::Strategic { PatchKind::Merge } else { k };
+                let k = if k == PatchKind::Strategic {
+                    PatchKind::Merge
+                } else {
+                    k
+                };
                 patching::apply_patch(&scale_res, k, &cur_scale, &doc)?
             }
         };
         let replicas = new_scale["spec"]["replicas"].as_i64().ok_or_else(|| {
-            ApiError::invalid("Scale", "autoscaling", name, vec![crate::error::Cause::required("spec.replicas")])
+            ApiError::invalid(
+                "Scale",
+                "autoscaling",
+                name,
+                vec![crate::error::Cause::required("spec.replicas")],
+            )
         })?;
         if replicas < 0 {
             return Err(ApiError::invalid(
                 "Scale",
                 "autoscaling",
                 name,
-                vec![crate::error::Cause::invalid("spec.replicas", &json!(replicas), "must be greater than or equal to 0")],
+                vec![crate::error::Cause::invalid(
+                    "spec.replicas",
+                    &json!(replicas),
+                    "must be greater than or equal to 0",
+                )],
             ));
         }
         let mut obj = current.clone();
         path_set(&mut obj, &paths.spec_replicas, json!(replicas));
         // A resourceVersion in the Scale is a precondition on the object.
         match new_scale["metadata"]["resourceVersion"].as_str() {
-            Some(rv) if !rv.is_empty() && Some(rv) != current["metadata"]["resourceVersion"].as_str() => {
+            Some(rv)
+                if !rv.is_empty()
+                    && Some(rv) != current["metadata"]["resourceVersion"].as_str() =>
+            {
                 obj["metadata"]["resourceVersion"] = json!(rv);
             }
             _ => {
@@ -223,18 +240,15 @@ pub async fn binding(
     })
 }
 
-pub async fn log(
-    st: &Shared,
-    res: &Resource,
-    ns: Option<&str>,
-    name: &str,
-) -> ApiResult<Response> {
+pub async fn log(st: &Shared, res: &Resource, ns: Option<&str>, name: &str) -> ApiResult<Response> {
     let (pod, _) = storage::get_or_404(&st.store, res, ns, name).await?;
     let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
     let msg = if node.is_empty() {
         format!("pod {name} is not scheduled to a node yet, so it has no logs")
     } else {
-        format!("container logs for pod {name} are not available: no node agent serves node {node:?}")
+        format!(
+            "container logs for pod {name} are not available: no node agent serves node {node:?}"
+        )
     };
     Err(ApiError::bad_request(msg))
 }

@@ -42,7 +42,11 @@ impl WriteCtx {
                 }
                 m.to_string()
             }
-            _ => user_agent.split('/').next().unwrap_or("unknown").to_string(),
+            _ => user_agent
+                .split('/')
+                .next()
+                .unwrap_or("unknown")
+                .to_string(),
         };
         Ok(WriteCtx {
             dry_run: q.dry_run()?,
@@ -146,11 +150,22 @@ pub async fn create_object(
     } else {
         meta.remove("namespace");
     }
-    let name_empty = meta.get("name").and_then(Value::as_str).unwrap_or("").is_empty();
+    let name_empty = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .is_empty();
     if name_empty {
-        if let Some(g) = meta.get("generateName").and_then(Value::as_str).filter(|g| !g.is_empty()) {
+        if let Some(g) = meta
+            .get("generateName")
+            .and_then(Value::as_str)
+            .filter(|g| !g.is_empty())
+        {
             let base: String = g.chars().take(58).collect();
-            meta.insert("name".into(), json!(format!("{base}{}", objects::generate_suffix())));
+            meta.insert(
+                "name".into(),
+                json!(format!("{base}{}", objects::generate_suffix())),
+            );
         }
     }
     let mut warnings = objects::normalize(res, &st.openapi, &mut obj, ctx.field_validation)?;
@@ -166,15 +181,20 @@ pub async fn create_object(
     }
     check_namespace(st, res, ns).await?;
     if !ctx.apply {
-        // A create owns what the client sent, not what defaulting filled in.
-        managed::store_entries(&mut obj, vec![managed::Entry {
-            manager: ctx.field_manager.clone(),
-            operation: operation.to_string(),
-            api_version: res.api_version(),
-            time: now_rfc3339(),
-            subresource: None,
-            fields: requested,
-        }]);
+        // A create owns what the client sent and was kept, not what defaulting filled in.
+        let kept = managed::owned_fields(&obj);
+        let requested = requested.intersection(&kept).cloned().collect();
+        managed::store_entries(
+            &mut obj,
+            vec![managed::Entry {
+                manager: ctx.field_manager.clone(),
+                operation: operation.to_string(),
+                api_version: res.api_version(),
+                time: now_rfc3339(),
+                subresource: None,
+                fields: requested,
+            }],
+        );
     }
     let is_service = res.group.is_empty() && res.plural == "services";
     let claimed = if is_service && !ctx.dry_run {
@@ -230,7 +250,17 @@ pub async fn update(
             return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
         }
     }
-    let (out, warnings, code) = update_object(st, res, ns, name, sub, &ctx, |_current| Ok(body_obj.clone())).await?;
+    let (out, warnings, code) =
+        update_object(
+            st,
+            res,
+            ns,
+            name,
+            sub,
+            &ctx,
+            |_current| Ok(body_obj.clone()),
+        )
+        .await?;
     Ok(json_response(code, &out, &warnings))
 }
 
@@ -326,7 +356,13 @@ where
             return Err(ApiError::invalid(&res.kind, &res.group, name, causes));
         }
         let op = if ctx.apply { "Apply" } else { "Update" };
-        managed::record(&mut new, Some(&current), &ctx.field_manager, op, &res.api_version());
+        managed::record(
+            &mut new,
+            Some(&current),
+            &ctx.field_manager,
+            op,
+            &res.api_version(),
+        );
         if objects::same_object(&current, &new) {
             return Ok((current, warnings, 200));
         }
@@ -336,7 +372,15 @@ where
             if ctx.dry_run {
                 return Ok((new, warnings, 200));
             }
-            match storage::delete(&st.store, res, ns, name, Compare::ModRevision(kv.mod_revision)).await? {
+            match storage::delete(
+                &st.store,
+                res,
+                ns,
+                name,
+                Compare::ModRevision(kv.mod_revision),
+            )
+            .await?
+            {
                 Some((_, rev)) => {
                     after_delete(st, res, &new).await;
                     storage::set_resource_version(&mut new, rev);
@@ -349,9 +393,19 @@ where
             }
         }
         if ctx.dry_run {
+            storage::set_resource_version(&mut new, kv.mod_revision);
             return Ok((new, warnings, 200));
         }
-        match storage::put(&st.store, res, ns, name, &new, Compare::ModRevision(kv.mod_revision)).await? {
+        match storage::put(
+            &st.store,
+            res,
+            ns,
+            name,
+            &new,
+            Compare::ModRevision(kv.mod_revision),
+        )
+        .await?
+        {
             Some(stored) => {
                 warnings.extend(crate::crd::after_write(st, res, &stored).await);
                 return Ok((stored, warnings, 200));
@@ -370,7 +424,9 @@ fn finalizers_empty(res: &Resource, obj: &Value) -> bool {
         .as_array()
         .is_none_or(|a| a.is_empty());
     let spec_empty = !(res.group.is_empty() && res.plural == "namespaces")
-        || obj["spec"]["finalizers"].as_array().is_none_or(|a| a.is_empty());
+        || obj["spec"]["finalizers"]
+            .as_array()
+            .is_none_or(|a| a.is_empty());
     meta_empty && spec_empty
 }
 
@@ -412,6 +468,9 @@ pub async fn patch(
         bytes,
     } = WriteInput::read(q, req).await?;
     let kind = patching::PatchKind::from_content_type(&ct)?;
+    if kind == patching::PatchKind::Strategic && res.definition.is_none() {
+        return Err(ApiError::unsupported_media_type(&ct));
+    }
     let force = q.flag("force");
     if kind == patching::PatchKind::Apply {
         if q.get("fieldManager").is_none_or(|m| m.is_empty()) {
@@ -423,11 +482,12 @@ pub async fn patch(
         let applied = body::parse_object(&bytes, "application/yaml")?;
         return crate::apply::apply(st, res, ns, name, sub, &ctx, applied, force).await;
     } else if force {
-        return Err(ApiError::bad_request("force: Invalid value: true: may not be specified for non-apply patch"));
+        return Err(ApiError::bad_request(
+            "force: Invalid value: true: may not be specified for non-apply patch",
+        ));
     }
-    let patch_doc: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(format!("error decoding patch: {e}"))
-    })?;
+    let patch_doc: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
     let (out, warnings, code) = update_object(st, res, ns, name, sub, &ctx, |current| {
         patching::apply_patch(res, kind, current, &patch_doc)
     })
@@ -528,9 +588,13 @@ pub async fn delete_object(
         if let Some(uid) = &opts.uid {
             let have = current["metadata"]["uid"].as_str().unwrap_or("");
             if have != uid {
-                return Err(ApiError::conflict(&res.qualified(), name, &format!(
+                return Err(ApiError::conflict(
+                    &res.qualified(),
+                    name,
+                    &format!(
                     "Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"
-                )));
+                ),
+                ));
             }
         }
         if let Some(rv) = &opts.resource_version {
@@ -545,9 +609,13 @@ pub async fn delete_object(
         let has_finalizers = !finalizers_empty(res, &current);
         let graceful_pod = res.group.is_empty()
             && res.plural == "pods"
-            && current["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty())
+            && current["spec"]["nodeName"]
+                .as_str()
+                .is_some_and(|n| !n.is_empty())
             && opts.grace != Some(0)
-            && current["status"]["phase"].as_str().is_none_or(|p| p != "Succeeded" && p != "Failed");
+            && current["status"]["phase"]
+                .as_str()
+                .is_none_or(|p| p != "Succeeded" && p != "Failed");
         if has_finalizers || is_ns || graceful_pod {
             if !current["metadata"]["deletionTimestamp"].is_null() {
                 return Ok((current, 202));
@@ -572,7 +640,16 @@ pub async fn delete_object(
             if opts.dry_run {
                 return Ok((new, 202));
             }
-            match storage::put(&st.store, res, ns, name, &new, Compare::ModRevision(kv.mod_revision)).await? {
+            match storage::put(
+                &st.store,
+                res,
+                ns,
+                name,
+                &new,
+                Compare::ModRevision(kv.mod_revision),
+            )
+            .await?
+            {
                 Some(stored) => return Ok((stored, 202)),
                 None => continue,
             }
@@ -580,7 +657,15 @@ pub async fn delete_object(
         if opts.dry_run {
             return Ok((current, 200));
         }
-        match storage::delete(&st.store, res, ns, name, Compare::ModRevision(kv.mod_revision)).await? {
+        match storage::delete(
+            &st.store,
+            res,
+            ns,
+            name,
+            Compare::ModRevision(kv.mod_revision),
+        )
+        .await?
+        {
             Some((obj, _)) => {
                 after_delete(st, res, &obj).await;
                 return Ok((obj, 200));

@@ -141,7 +141,23 @@ fn immutable_if_set(old: &Value, new: &Value, path: &[&str], c: &mut Vec<Cause>)
     }
 }
 
+/// ConfigMaps and Secrets hold at most 1 MiB of data, as upstream.
+const MAX_DATA_BYTES: usize = 1024 * 1024;
+
 fn data_keys(obj: &Value, c: &mut Vec<Cause>) {
+    let mut total = 0usize;
+    for f in ["data", "binaryData"] {
+        for (k, v) in obj[f].as_object().into_iter().flatten() {
+            total += k.len() + v.as_str().map(str::len).unwrap_or(0);
+        }
+    }
+    if total > MAX_DATA_BYTES {
+        c.push(Cause {
+            reason: "FieldValueTooLong",
+            message: format!("Too long: must have at most {MAX_DATA_BYTES} bytes"),
+            field: "[]".into(),
+        });
+    }
     for f in ["data", "binaryData", "stringData"] {
         if let Some(m) = obj[f].as_object() {
             for k in m.keys() {
@@ -303,7 +319,12 @@ fn pod_spec(spec: &Value, at: &str, c: &mut Vec<Cause>) {
             }
             for (j, port) in ctr["ports"].as_array().into_iter().flatten().enumerate() {
                 let pp = format!("{p}.ports[{j}]");
-                port_number(&port["containerPort"], &format!("{pp}.containerPort"), true, c);
+                port_number(
+                    &port["containerPort"],
+                    &format!("{pp}.containerPort"),
+                    true,
+                    c,
+                );
                 protocol(&port["protocol"], &format!("{pp}.protocol"), c);
             }
             if let Some(pol) = ctr["imagePullPolicy"].as_str() {
@@ -327,7 +348,10 @@ fn pod_spec(spec: &Value, at: &str, c: &mut Vec<Cause>) {
         }
     }
     if let Some(dp) = spec["dnsPolicy"].as_str() {
-        if !matches!(dp, "ClusterFirstWithHostNet" | "ClusterFirst" | "Default" | "None") {
+        if !matches!(
+            dp,
+            "ClusterFirstWithHostNet" | "ClusterFirst" | "Default" | "None"
+        ) {
             c.push(Cause::unsupported(
                 format!("{at}.dnsPolicy"),
                 &spec["dnsPolicy"],
@@ -341,7 +365,10 @@ fn pod_spec(spec: &Value, at: &str, c: &mut Vec<Cause>) {
         if name.is_empty() {
             c.push(Cause::required(format!("{at}.volumes[{i}].name")));
         } else if !vols.insert(name.to_string()) {
-            c.push(Cause::duplicate(format!("{at}.volumes[{i}].name"), &v["name"]));
+            c.push(Cause::duplicate(
+                format!("{at}.volumes[{i}].name"),
+                &v["name"],
+            ));
         }
     }
 }
@@ -370,7 +397,10 @@ fn protocol(v: &Value, field: &str, c: &mut Vec<Cause>) {
 fn service(obj: &Value, c: &mut Vec<Cause>) {
     let spec = &obj["spec"];
     let ty = spec["type"].as_str().unwrap_or("ClusterIP");
-    if !matches!(ty, "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName") {
+    if !matches!(
+        ty,
+        "ClusterIP" | "NodePort" | "LoadBalancer" | "ExternalName"
+    ) {
         c.push(Cause::unsupported(
             "spec.type",
             &spec["type"],

@@ -31,7 +31,11 @@ pub fn validate_meta(res: &Resource, obj: &Value, causes: &mut Vec<Cause>) {
         if ns.is_empty() {
             causes.push(Cause::required("metadata.namespace"));
         }
-    } else if meta.get("namespace").and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
+    } else if meta
+        .get("namespace")
+        .and_then(Value::as_str)
+        .is_some_and(|s| !s.is_empty())
+    {
         causes.push(Cause::forbidden(
             "metadata.namespace",
             "not allowed on this type",
@@ -47,7 +51,11 @@ pub fn validate_meta(res: &Resource, obj: &Value, causes: &mut Vec<Cause>) {
                 let detail = errs.into_iter().next().unwrap_or_else(|| {
                     "name is neither a standard finalizer name nor is it fully qualified".into()
                 });
-                causes.push(Cause::invalid(format!("metadata.finalizers[{i}]"), f, detail));
+                causes.push(Cause::invalid(
+                    format!("metadata.finalizers[{i}]"),
+                    f,
+                    detail,
+                ));
             }
         }
     }

@@ -151,7 +151,11 @@ pub fn validate_labels(labels: Option<&Value>, field: &str, causes: &mut Vec<Cau
                     causes.push(Cause::invalid(format!("{field}"), v, e));
                 }
             }
-            None => causes.push(Cause::invalid(format!("{field}.{k}"), v, "must be a string")),
+            None => causes.push(Cause::invalid(
+                format!("{field}.{k}"),
+                v,
+                "must be a string",
+            )),
         }
     }
 }

@@ -158,7 +158,9 @@ fn walk_inner(
                     walk_inner(v, a, defs, opts, &child, f);
                 } else if additional == Some(&Value::Bool(true)) || preserve {
                     // Any content is allowed here.
-                } else if props.is_some() || schema.get("type").and_then(Value::as_str) == Some("object") {
+                } else if props.is_some()
+                    || schema.get("type").and_then(Value::as_str) == Some("object")
+                {
                     f.unknown.push(child);
                     drop.push(k.clone());
                 }
@@ -198,7 +200,11 @@ fn constraints(value: &Value, schema: &Value, path: &str, f: &mut Findings) {
         if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
             let excl = schema["exclusiveMinimum"].as_bool().unwrap_or(false);
             if n < min || (excl && n == min) {
-                let word = if excl { "greater than" } else { "greater than or equal to" };
+                let word = if excl {
+                    "greater than"
+                } else {
+                    "greater than or equal to"
+                };
                 f.causes.push(Cause::invalid(
                     path,
                     value,
@@ -209,7 +215,11 @@ fn constraints(value: &Value, schema: &Value, path: &str, f: &mut Findings) {
         if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
             let excl = schema["exclusiveMaximum"].as_bool().unwrap_or(false);
             if n > max || (excl && n == max) {
-                let word = if excl { "less than" } else { "less than or equal to" };
+                let word = if excl {
+                    "less than"
+                } else {
+                    "less than or equal to"
+                };
                 f.causes.push(Cause::invalid(
                     path,
                     value,

@@ -28,8 +28,9 @@ pub fn json_patch(doc: &mut Value, patch: &Value) -> Result<(), PatchError> {
         }
     }
     let mut work = doc.clone();
+    let mut copied = 0usize;
     for op in ops {
-        apply_op(&mut work, op)?;
+        apply_op(&mut work, op, &mut copied)?;
     }
     *doc = work;
     Ok(())
@@ -47,7 +48,11 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-fn apply_op(doc: &mut Value, op: &Value) -> Result<(), PatchError> {
+/// What copy operations may add in one patch, as upstream's AccumulatedCopySizeLimit:
+/// without it a few dozen bytes of doubling copies exhaust memory.
+pub const MAX_COPIED_BYTES: usize = 3 * 1024 * 1024;
+
+fn apply_op(doc: &mut Value, op: &Value, copied: &mut usize) -> Result<(), PatchError> {
     let kind = op.get("op").and_then(Value::as_str).unwrap_or("unknown");
     let path = |field: &str| -> Result<&str, PatchError> {
         op.get(field).and_then(Value::as_str).ok_or_else(|| {
@@ -68,7 +73,7 @@ fn apply_op(doc: &mut Value, op: &Value) -> Result<(), PatchError> {
         "remove" => remove(doc, path("path")?),
         "replace" => replace(doc, path("path")?, value()?),
         "move" => move_op(doc, path("from")?, path("path")?),
-        "copy" => copy_op(doc, path("from")?, path("path")?),
+        "copy" => copy_op(doc, path("from")?, path("path")?, copied),
         "test" => test(doc, path("path")?, &value()?),
         other => Err(unprocessable(format!("Unexpected kind: {other}"))),
     }
@@ -236,15 +241,52 @@ fn move_op(doc: &mut Value, from: &str, path: &str) -> Result<(), PatchError> {
     add(doc, path, value, "move")
 }
 
-fn copy_op(doc: &mut Value, from: &str, path: &str) -> Result<(), PatchError> {
-    let value = tokens(from)
-        .and_then(|t| get(doc, &t).cloned())
-        .ok_or_else(|| {
-            unprocessable(format!(
-                "copy operation does not apply: doc is missing from path: {from}: missing value"
-            ))
-        })?;
+fn copy_op(doc: &mut Value, from: &str, path: &str, copied: &mut usize) -> Result<(), PatchError> {
+    let source = tokens(from).and_then(|t| get(doc, &t)).ok_or_else(|| {
+        unprocessable(format!(
+            "copy operation does not apply: doc is missing from path: {from}: missing value"
+        ))
+    })?;
+    *copied += encoded_len(source, MAX_COPIED_BYTES.saturating_sub(*copied) + 1);
+    if *copied > MAX_COPIED_BYTES {
+        return Err(unprocessable(format!(
+            "Unable to copy: the accumulated size of copied values exceeds the limit of {MAX_COPIED_BYTES} bytes"
+        )));
+    }
+    let value = source.clone();
     add(doc, path, value, "copy")
+}
+
+/// The JSON-encoded size of `v`, counting no further than `cap` (so measuring a huge value
+/// costs no more than the limit it is checked against).
+fn encoded_len(v: &Value, cap: usize) -> usize {
+    fn walk(v: &Value, n: &mut usize, cap: usize) {
+        if *n > cap {
+            return;
+        }
+        match v {
+            Value::Null | Value::Bool(_) => *n += 5,
+            Value::Number(x) => *n += x.to_string().len(),
+            Value::String(s) => *n += s.len() + 2,
+            Value::Array(a) => {
+                *n += 2;
+                for x in a {
+                    walk(x, n, cap);
+                    *n += 1;
+                }
+            }
+            Value::Object(m) => {
+                *n += 2;
+                for (k, x) in m {
+                    *n += k.len() + 4;
+                    walk(x, n, cap);
+                }
+            }
+        }
+    }
+    let mut n = 0;
+    walk(v, &mut n, cap);
+    n
 }
 
 fn test(doc: &Value, path: &str, expected: &Value) -> Result<(), PatchError> {

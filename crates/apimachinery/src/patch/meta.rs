@@ -97,11 +97,10 @@ impl BuiltinSchema {
     /// Every (type, field, metadata) entry, e.g. to annotate OpenAPI schemas with
     /// `x-kubernetes-patch-strategy` and `x-kubernetes-patch-merge-key`.
     pub fn entries(&self) -> impl Iterator<Item = (&str, &str, &FieldMeta)> {
-        self.data.types.iter().flat_map(|(t, fields)| {
-            fields
-                .iter()
-                .map(move |(f, m)| (t.as_str(), f.as_str(), m))
-        })
+        self.data
+            .types
+            .iter()
+            .flat_map(|(t, fields)| fields.iter().map(move |(f, m)| (t.as_str(), f.as_str(), m)))
     }
 
     /// Where the table came from: repositories, tags, commits and paths.
