@@ -118,14 +118,12 @@ pub fn apply(res: &Resource, obj: &mut Value) {
         ("autoscaling", _) => {
             set_default(&mut obj["spec"], "minReplicas", json!(1));
         }
-        ("networking.k8s.io", "NetworkPolicy") => {
-            if obj["spec"]["policyTypes"].is_null() {
-                let mut types = vec![json!("Ingress")];
-                if obj["spec"]["egress"].is_array() {
-                    types.push(json!("Egress"));
-                }
-                obj["spec"]["policyTypes"] = json!(types);
+        ("networking.k8s.io", "NetworkPolicy") if obj["spec"]["policyTypes"].is_null() => {
+            let mut types = vec![json!("Ingress")];
+            if obj["spec"]["egress"].is_array() {
+                types.push(json!("Egress"));
             }
+            obj["spec"]["policyTypes"] = json!(types);
         }
         _ => {}
     }
@@ -175,12 +173,7 @@ pub fn pod_spec(spec: &mut Value) {
                 ("projected", 420),
             ] {
                 if v[src].is_object() {
-                    let key = if src == "secret" {
-                        "defaultMode"
-                    } else {
-                        "defaultMode"
-                    };
-                    set_default(&mut v[src], key, json!(mode));
+                    set_default(&mut v[src], "defaultMode", json!(mode));
                 }
             }
             if v["hostPath"].is_object() {

@@ -26,10 +26,11 @@ pub fn wants_aggregated(accept: &str) -> Option<&'static str> {
     None
 }
 
-/// Subresources served for a resource: (name, response kind (group, version, kind), verbs).
-pub fn subresources(
-    r: &Resource,
-) -> Vec<(&'static str, (String, String, String), Vec<&'static str>)> {
+/// A subresource's name, response kind (group, version, kind) and verbs.
+pub type Subresource = (&'static str, (String, String, String), Vec<&'static str>);
+
+/// Subresources served for a resource.
+pub fn subresources(r: &Resource) -> Vec<Subresource> {
     let own = (r.group.clone(), r.version.clone(), r.kind.clone());
     let mut out = Vec::new();
     if r.status {

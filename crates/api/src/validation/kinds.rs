@@ -267,18 +267,18 @@ fn job_spec(spec: &Value, at: &str, c: &mut Vec<Cause>) {
 }
 
 /// Minimal cron syntax check: five fields or a macro such as `@hourly`.
-pub fn cron_fields(s: &str) -> Result<(), ()> {
+pub fn cron_fields(s: &str) -> Result<(), &'static str> {
     let s = s.trim();
     if s.starts_with('@') {
         return match s {
             "@yearly" | "@annually" | "@monthly" | "@weekly" | "@daily" | "@midnight"
             | "@hourly" => Ok(()),
-            _ => Err(()),
+            _ => Err("unknown macro"),
         };
     }
     let fields: Vec<&str> = s.split_whitespace().collect();
     if fields.len() != 5 {
-        return Err(());
+        return Err("expected exactly 5 fields");
     }
     let ok = fields.iter().all(|f| {
         f.chars()
@@ -287,7 +287,7 @@ pub fn cron_fields(s: &str) -> Result<(), ()> {
     if ok {
         Ok(())
     } else {
-        Err(())
+        Err("unexpected character")
     }
 }
 

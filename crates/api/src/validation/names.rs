@@ -148,7 +148,7 @@ pub fn validate_labels(labels: Option<&Value>, field: &str, causes: &mut Vec<Cau
         match v.as_str() {
             Some(s) => {
                 for e in label_value_errors(s) {
-                    causes.push(Cause::invalid(format!("{field}"), v, e));
+                    causes.push(Cause::invalid(field, v, e));
                 }
             }
             None => causes.push(Cause::invalid(
