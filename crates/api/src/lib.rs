@@ -10,6 +10,7 @@ pub mod convert;
 pub mod crd;
 pub mod defaults;
 pub mod discovery;
+pub mod event_cache;
 pub mod error;
 pub mod fieldpath;
 pub mod filter;

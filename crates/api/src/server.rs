@@ -51,6 +51,7 @@ pub struct State {
     pub config: Config,
     pub ready: AtomicBool,
     pub metrics: crate::metrics::Metrics,
+    pub events: crate::event_cache::EventCache,
 }
 
 pub type Shared = Arc<State>;
@@ -66,6 +67,7 @@ impl State {
             config,
             ready: AtomicBool::new(false),
             metrics: crate::metrics::Metrics::new(),
+            events: Default::default(),
         })
     }
 
@@ -92,6 +94,17 @@ async fn dispatch(AxState(st): AxState<Shared>, req: Request<Body>) -> Response 
         "/version" => return json_response(200, &version(), &[]),
         _ => {}
     }
+    // Read the whole body before answering, even an early error: a response sent with
+    // the body unread makes the server drop a keep-alive connection the client reuses.
+    let req = if matches!(*req.method(), Method::GET | Method::HEAD) {
+        req
+    } else {
+        let (parts, body) = req.into_parts();
+        match body::read_body(body).await {
+            Ok(bytes) => Request::from_parts(parts, Body::from(bytes)),
+            Err(e) => return e.into_response(),
+        }
+    };
     if req.extensions().get::<Identity>().is_none() {
         return ApiError::unauthorized().into_response();
     }
@@ -114,17 +127,6 @@ async fn dispatch(AxState(st): AxState<Shared>, req: Request<Body>) -> Response 
     }
     let started = std::time::Instant::now();
     let (verb, resource) = verb_and_resource(&req);
-    // Read the whole body before answering, even an early error: a response sent with
-    // the body unread makes the server drop a keep-alive connection the client reuses.
-    let req = if matches!(*req.method(), Method::GET | Method::HEAD) {
-        req
-    } else {
-        let (parts, body) = req.into_parts();
-        match body::read_body(body).await {
-            Ok(bytes) => Request::from_parts(parts, Body::from(bytes)),
-            Err(e) => return e.into_response(),
-        }
-    };
     let method = req.method().clone();
     let gzip_ok = req
         .headers()

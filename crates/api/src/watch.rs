@@ -6,6 +6,7 @@
 
 use crate::body::{negotiate, Want};
 use crate::error::{ApiError, ApiResult};
+use crate::event_cache::Decoded;
 use crate::filter::Filter;
 use crate::handlers::read::list_page_all;
 use crate::registry::Resource;
@@ -18,9 +19,15 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use corral_store::{EventKind, WatchMessage};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde_json::{json, Value};
 use std::time::Duration;
+
+enum Step {
+    Send(Bytes),
+    Skip,
+    End(Option<Bytes>),
+}
 
 struct Encoder {
     res: Resource,
@@ -95,6 +102,7 @@ pub async fn serve(
         Err(e) => return Err(e.into()),
     };
     let res = res.clone();
+    let st = st.clone();
     tokio::spawn(async move {
         for b in initial {
             if tx.send(b).await.is_err() {
@@ -107,6 +115,33 @@ pub async fn serve(
             return;
         };
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        // What one store message becomes on this watch.
+        let step = |msg: Option<Result<WatchMessage, corral_store::Error>>| -> Step {
+            match msg {
+                None | Some(Err(corral_store::Error::Closed)) => Step::End(None),
+                Some(Err(corral_store::Error::Compacted { .. })) => {
+                    let status = ApiError::gone("too old resource version").status();
+                    Step::End(Some(enc.event("ERROR", status)))
+                }
+                Some(Err(_)) => Step::End(None),
+                Some(Ok(WatchMessage::Progress(rev))) if bookmarks => Step::Send(enc.event(
+                    "BOOKMARK",
+                    json!({"kind": res.kind, "apiVersion": res.api_version(), "metadata": {"resourceVersion": rev.to_string()}}),
+                )),
+                Some(Ok(WatchMessage::Progress(_))) => Step::Skip,
+                Some(Ok(WatchMessage::Event(ev))) => {
+                    let decoded = st.events.get(&res, &ev);
+                    let Some(ty) = classify(&filter, &ev, &decoded) else {
+                        return Step::Skip;
+                    };
+                    match (enc.table, &decoded.obj) {
+                        (None, _) => Step::Send(decoded.line(ty)),
+                        (Some(_), Some(obj)) => Step::Send(enc.event(ty, obj.clone())),
+                        (Some(_), None) => Step::Skip,
+                    }
+                }
+            }
+        };
         loop {
             let next = async {
                 match deadline {
@@ -121,31 +156,31 @@ pub async fn serve(
             let Some(msg) = msg else {
                 return; // timeout reached
             };
-            let bytes = match msg {
-                None => return,
-                Some(Err(corral_store::Error::Compacted { .. })) => {
-                    let status = ApiError::gone("too old resource version").status();
-                    let _ = tx.send(enc.event("ERROR", status)).await;
-                    return;
-                }
-                Some(Err(_)) => return,
-                Some(Ok(WatchMessage::Progress(rev))) => {
-                    if !bookmarks {
-                        continue;
+            // Gather what is already waiting into one write: one TLS record and syscall
+            // for a burst instead of one per event.
+            let mut out = bytes::BytesMut::new();
+            let mut end = false;
+            let mut current = Some(msg);
+            while let Some(m) = current.take() {
+                match step(m) {
+                    Step::Send(b) => out.extend_from_slice(&b),
+                    Step::Skip => {}
+                    Step::End(last) => {
+                        if let Some(b) = last {
+                            out.extend_from_slice(&b);
+                        }
+                        end = true;
+                        break;
                     }
-                    enc.event(
-                        "BOOKMARK",
-                        json!({"kind": res.kind, "apiVersion": res.api_version(), "metadata": {"resourceVersion": rev.to_string()}}),
-                    )
                 }
-                Some(Ok(WatchMessage::Event(ev))) => {
-                    let Some((ty, obj)) = classify(&res, &filter, &ev) else {
-                        continue;
-                    };
-                    enc.event(ty, obj)
+                if out.len() < 64 * 1024 {
+                    current = watch.next().now_or_never();
                 }
-            };
-            if tx.send(bytes).await.is_err() {
+            }
+            if !out.is_empty() && tx.send(out.freeze()).await.is_err() {
+                return;
+            }
+            if end {
                 return;
             }
         }
@@ -162,40 +197,33 @@ pub async fn serve(
         .into_response())
 }
 
-/// Turn a store event into a watch event for this filter, or None if it is not visible.
-fn classify(
-    res: &Resource,
-    filter: &Filter,
-    ev: &corral_store::Event,
-) -> Option<(&'static str, Value)> {
-    let prev = ev
-        .prev
-        .as_ref()
-        .and_then(|kv| storage::decode(res, kv).ok());
+/// Turn a store event into a watch event type for this filter, or None if it is not
+/// visible. Objects entering or leaving a selection become ADDED or DELETED.
+fn classify(filter: &Filter, ev: &corral_store::Event, d: &Decoded) -> Option<&'static str> {
+    let obj = d.obj.as_ref()?;
     match ev.kind {
+        EventKind::Put if filter.is_everything() => {
+            // Without a selector the previous version need not be decoded at all.
+            if ev.kv.create_revision == ev.kv.mod_revision {
+                Some("ADDED")
+            } else {
+                Some("MODIFIED")
+            }
+        }
         EventKind::Put => {
-            let obj = storage::decode(res, &ev.kv).ok()?;
-            let now = filter.matches(&obj);
+            let now = filter.matches(obj);
             // Without a prev (compacted), an update is still an update.
-            let was = match &prev {
+            let was = match d.prev() {
                 Some(p) => filter.matches(p),
                 None => ev.kv.create_revision != ev.kv.mod_revision && now,
             };
             match (was, now) {
-                (true, true) => Some(("MODIFIED", obj)),
-                (false, true) => Some(("ADDED", obj)),
-                (true, false) => Some(("DELETED", obj)),
+                (true, true) => Some("MODIFIED"),
+                (false, true) => Some("ADDED"),
+                (true, false) => Some("DELETED"),
                 (false, false) => None,
             }
         }
-        EventKind::Delete => {
-            let obj = storage::decode(res, &ev.kv).ok()?;
-            let visible = if filter.is_everything() {
-                true
-            } else {
-                filter.matches(&obj)
-            };
-            visible.then_some(("DELETED", obj))
-        }
+        EventKind::Delete => (filter.is_everything() || filter.matches(obj)).then_some("DELETED"),
     }
 }

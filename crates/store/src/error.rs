@@ -1,5 +1,7 @@
 //! The store's error type: one enum for every backend, so callers map errors to
-//! Kubernetes statuses in one place (Compacted -> 410 Gone, the rest -> 500).
+//! Kubernetes statuses in one place (Compacted -> 410 Gone, the rest -> 500). The etcd
+//! variants exist whether or not the `etcd` feature is built, so that callers' matches do
+//! not depend on features.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +46,21 @@ pub enum Error {
     /// blocking pool).
     #[error("watch streams must be polled from within a tokio runtime")]
     NoRuntime,
+    /// No etcd endpoint answered when connecting (wrong address, etcd down, network).
+    #[error("cannot reach etcd at {endpoints}: {source}")]
+    Unreachable {
+        endpoints: String,
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// An etcd request failed (connection lost, timeout, or an error etcd reported). A
+    /// write that fails this way may or may not have been applied.
+    #[error("etcd {op} failed: {source}")]
+    Etcd {
+        op: &'static str,
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 // redb splits its errors by operation; all of them convert into `redb::Error`.

@@ -1,4 +1,4 @@
-//! Tunables of the embedded backend. Defaults suit a single-node server; tests shrink them.
+//! Tunables of the backends. Defaults suit a server; tests shrink them.
 
 use std::time::Duration;
 
@@ -43,6 +43,36 @@ impl Default for EmbeddedOptions {
             max_batch: 1024,
             watch_channel_capacity: 1024,
             compact_file_above: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Tunables of the etcd backend. The type exists without the `etcd` feature too, so that
+/// configuration code compiles either way.
+#[derive(Clone, Debug)]
+pub struct EtcdOptions {
+    /// How long connecting may take before `connect_etcd` gives up with `Unreachable`.
+    pub connect_timeout: Duration,
+    /// Longest wait for one request; past it the request fails (a write may still apply).
+    pub request_timeout: Duration,
+    /// How often the background compactor compacts etcd to `retain_revisions` (zero: never;
+    /// leave compaction to etcd's own `--auto-compaction-*` or another server).
+    pub compaction_interval: Duration,
+    /// How many revisions of history to keep for watches.
+    pub retain_revisions: u64,
+    /// How often an idle watcher is told how far it is caught up (`WatchMessage::Progress`).
+    /// Zero disables the periodic messages (they can still be requested).
+    pub progress_interval: Duration,
+}
+
+impl Default for EtcdOptions {
+    fn default() -> Self {
+        EtcdOptions {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            compaction_interval: Duration::from_secs(300),
+            retain_revisions: 10_000,
+            progress_interval: Duration::from_secs(1),
         }
     }
 }
