@@ -96,9 +96,7 @@ async fn dispatch(AxState(st): AxState<Shared>, req: Request<Body>) -> Response 
     }
     // Read the whole body before answering, even an early error: a response sent with
     // the body unread makes the server drop a keep-alive connection the client reuses.
-    let req = if matches!(*req.method(), Method::GET | Method::HEAD) {
-        req
-    } else {
+    let req = {
         let (parts, body) = req.into_parts();
         match body::read_body(body).await {
             Ok(bytes) => Request::from_parts(parts, Body::from(bytes)),

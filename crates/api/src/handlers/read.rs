@@ -9,7 +9,7 @@ use crate::server::Shared;
 use crate::storage;
 use crate::table;
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use serde_json::{json, Value};
 
@@ -75,6 +75,32 @@ pub async fn list_page(
     limit: usize,
     cont: Option<&str>,
 ) -> ApiResult<Page> {
+    let mut items = Vec::new();
+    let (revision, continue_token) = list_each(st, res, ns, filter, limit, cont, &mut |obj| {
+        items.push(obj);
+        Ok(())
+    })
+    .await?;
+    Ok(Page {
+        items,
+        revision,
+        continue_token,
+        remaining: None,
+    })
+}
+
+/// Visit the matching objects of one page in key order, one at a time, so a caller that
+/// encodes as it goes never holds the whole list decoded. Returns the list's revision and
+/// the continue token, if more remain.
+pub async fn list_each(
+    st: &Shared,
+    res: &Resource,
+    ns: Option<&str>,
+    filter: &Filter,
+    limit: usize,
+    cont: Option<&str>,
+    sink: &mut (dyn FnMut(Value) -> ApiResult<()> + Send),
+) -> ApiResult<(i64, Option<String>)> {
     let prefix = storage::prefix(res, ns);
     let end = storage::prefix_end(&prefix);
     let (mut start, first_rev) = match cont {
@@ -92,9 +118,10 @@ pub async fn list_page(
         }
         _ => (prefix.clone(), None),
     };
-    let mut items = Vec::new();
+    let mut count = 0usize;
     let mut revision = 0;
-    // Read in chunks until the page is full: selectors may filter most of a chunk out.
+    // An unlimited list is one snapshot read (consistent with its resourceVersion); a
+    // limited one reads in chunks until the page is full, as selectors may filter most out.
     let chunk = if limit == 0 { 0 } else { (limit + 1).max(64) };
     loop {
         let r = st.store.range(&start, &end, chunk).await?;
@@ -107,17 +134,13 @@ pub async fn list_page(
             if !filter.matches(&obj) {
                 continue;
             }
-            if limit > 0 && items.len() == limit {
+            if limit > 0 && count == limit {
                 // There is at least one more match: hand out a token starting here.
-                let token = encode_continue(first_rev.unwrap_or(revision), &kv.key);
-                return Ok(Page {
-                    items,
-                    revision: first_rev.unwrap_or(revision),
-                    continue_token: Some(token),
-                    remaining: None,
-                });
+                let rev = first_rev.unwrap_or(revision);
+                return Ok((rev, Some(encode_continue(rev, &kv.key))));
             }
-            items.push(obj);
+            count += 1;
+            sink(obj)?;
         }
         if !r.more || n == 0 || chunk == 0 {
             break;
@@ -126,12 +149,7 @@ pub async fn list_page(
         next.push(0);
         start = next;
     }
-    Ok(Page {
-        items,
-        revision: first_rev.unwrap_or(revision),
-        continue_token: None,
-        remaining: None,
-    })
+    Ok((first_rev.unwrap_or(revision), None))
 }
 
 pub async fn list_page_all(
@@ -152,10 +170,10 @@ pub async fn list(
 ) -> ApiResult<Response> {
     let filter = Filter::from_query(res, q.get("labelSelector"), q.get("fieldSelector"))?;
     let limit = q.u64("limit")?.unwrap_or(0) as usize;
-    let page = list_page(st, res, ns, &filter, limit, q.get("continue")).await?;
-    let rv = page.revision.to_string();
     match negotiate(headers, q.get("includeObject")) {
         Want::Table { full_object } => {
+            let page = list_page(st, res, ns, &filter, limit, q.get("continue")).await?;
+            let rv = page.revision.to_string();
             let t = table::render(
                 res,
                 &page.items,
@@ -166,30 +184,41 @@ pub async fn list(
             Ok(json_response(200, &t, &[]))
         }
         want => {
-            let items: Vec<Value> = if want == Want::PartialMetadata {
-                page.items.iter().map(partial_metadata).collect()
-            } else {
-                page.items
-            };
-            let mut meta = json!({"resourceVersion": rv});
-            if let Some(c) = page.continue_token {
-                meta["continue"] = json!(c);
-            }
-            let (kind, av) = if want == Want::PartialMetadata {
-                (
-                    "PartialObjectMetadataList".to_string(),
-                    "meta.k8s.io/v1".to_string(),
-                )
+            let partial = want == Want::PartialMetadata;
+            let (kind, av) = if partial {
+                ("PartialObjectMetadataList".to_string(), "meta.k8s.io/v1".to_string())
             } else {
                 (res.list_kind.clone(), res.api_version())
             };
-            let body = json!({
-                "kind": kind,
-                "apiVersion": av,
-                "metadata": meta,
-                "items": items,
-            });
-            Ok(json_response(200, &body, &[]))
+            let mut out = Vec::with_capacity(4096);
+            // Items are encoded as they are read; the list's metadata goes last in the text
+            // because its resourceVersion and continue token are known only at the end.
+            out.extend_from_slice(
+                format!("{{\"kind\":{},\"apiVersion\":{},\"items\":[", json!(kind), json!(av))
+                    .as_bytes(),
+            );
+            let mut first = true;
+            let (rev, token) = list_each(st, res, ns, &filter, limit, q.get("continue"), &mut |obj| {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                let v = if partial { partial_metadata(&obj) } else { obj };
+                serde_json::to_writer(&mut out, &v)
+                    .map_err(|e| ApiError::internal(format!("encoding list: {e}")))
+            })
+            .await?;
+            let mut meta = json!({"resourceVersion": rev.to_string()});
+            if let Some(c) = token {
+                meta["continue"] = json!(c);
+            }
+            out.extend_from_slice(format!("],\"metadata\":{meta}}}").as_bytes());
+            Ok((
+                axum::http::StatusCode::OK,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                out,
+            )
+                .into_response())
         }
     }
 }
