@@ -821,10 +821,31 @@ async fn cmd_watch(f: &Flags, flavor: Flavor) -> Res<Value> {
 
     // Writers: one lane (and keep-alive connection) per object; write g is due at start + g/rate.
     let write_start = Instant::now() + Duration::from_millis(200);
+    let write_end = write_start + Duration::from_secs(seconds);
+    let writes_done = Arc::new(AtomicU64::new(0));
+    let progress = {
+        let (received, writes_done, mut stop) = (received.clone(), writes_done.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.changed() => return,
+                }
+                eprintln!(
+                    "watch: t={:.0}s writes={} events={}",
+                    write_start.elapsed().as_secs_f64(),
+                    writes_done.load(Ordering::Relaxed),
+                    received.load(Ordering::Relaxed)
+                );
+            }
+        })
+    };
     let wrote = Arc::new(Mutex::new((Vec::<u64>::new(), Vec::<u64>::new(), 0u64, None::<String>)));
     let mut lanes = Vec::new();
     for k in 0..objects {
-        let (t, setup, wrote) = (t.clone(), setup.clone(), wrote.clone());
+        let (t, setup, wrote, writes_done) = (t.clone(), setup.clone(), wrote.clone(), writes_done.clone());
         let mut s = t.connect(proto).await?;
         lanes.push(tokio::spawn(async move {
             let (mut rvs, mut lat, mut errors, mut first_err) = (Vec::new(), Vec::new(), 0u64, None);
@@ -832,6 +853,10 @@ async fn cmd_watch(f: &Flags, flavor: Flavor) -> Res<Value> {
             while g < total_writes {
                 let due = write_start + Duration::from_nanos(g * 1_000_000_000 / rate);
                 tokio::time::sleep_until(due.into()).await;
+                if Instant::now() >= write_end {
+                    // Behind schedule at the end of the run: the rest is counted as not sent.
+                    break;
+                }
                 let ts = now_us();
                 let t0 = Instant::now();
                 match call(&mut s, setup.write_request(&t, proto, k, g, ts), Duration::from_secs(30)).await {
@@ -858,6 +883,7 @@ async fn cmd_watch(f: &Flags, flavor: Flavor) -> Res<Value> {
                     }
                 }
                 g += setup.objects;
+                writes_done.fetch_add(1, Ordering::Relaxed);
             }
             let mut w = wrote.lock().unwrap();
             w.0.extend(rvs);
@@ -871,7 +897,7 @@ async fn cmd_watch(f: &Flags, flavor: Flavor) -> Res<Value> {
     for l in lanes {
         l.await?;
     }
-    let write_secs = write_start.elapsed().as_secs_f64();
+    let write_secs = write_start.elapsed().as_secs_f64().max(seconds as f64);
     let (mut expected, write_lat, write_errors, write_err) = std::mem::take(&mut *wrote.lock().unwrap());
     expected.sort_unstable();
     let writes_ok = expected.len() as u64;
@@ -887,6 +913,7 @@ async fn cmd_watch(f: &Flags, flavor: Flavor) -> Res<Value> {
     // A short grace to catch duplicates or stray events arriving after the last expected one.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = stop_tx.send(true);
+    let _ = progress.await;
 
     let (mut complete, mut missing, mut dups, mut out_of_order, mut unexpected, mut ended_early) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     let mut lat_all: Vec<u64> = Vec::with_capacity(want as usize);
@@ -932,7 +959,7 @@ async fn cmd_watch(f: &Flags, flavor: Flavor) -> Res<Value> {
         "connections": if proto == Proto::H2 { h2_conns.len() as u64 } else { watchers },
         "objects": objects,
         "target_rate": rate, "seconds": seconds,
-        "writes_ok": writes_ok, "write_errors": write_errors, "first_write_error": write_err,
+        "writes_offered": total_writes, "writes_ok": writes_ok, "write_errors": write_errors, "first_write_error": write_err,
         "achieved_rate": (writes_ok as f64 / write_secs).round(),
         "write_latency": lat_json(write_lat),
         "watch_open_ms": open_ms,
@@ -1122,24 +1149,53 @@ async fn cmd_etcd_list(f: &Flags) -> Res<Value> {
 
 // ---------------------------------------------------------------- ready
 
+/// Poll `path` until it answers 200. With `--since-ns` (a `date +%s%N` taken just before the
+/// server was spawned) the reported time runs from then, not from this process's start. The
+/// kubeconfig (for the CA) may not exist yet when polling begins: it is re-read until usable.
 async fn cmd_wait_ready(f: &Flags) -> Res<Value> {
     let start = Instant::now();
+    let epoch_ns = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    let since_ns = f.u64("since-ns", 0);
     let path = f.str("path").unwrap_or("/readyz").to_string();
     let timeout = Duration::from_millis(f.u64("timeout-ms", 10_000));
-    let t = Target::from_flags(f)?;
+    let mut target: Option<Target> = None;
     let mut attempts = 0u64;
+    let mut last = String::from("nothing tried");
     loop {
         attempts += 1;
-        let r = async {
-            let mut s = t.connect(Proto::H1).await?;
-            call(&mut s, t.request(Proto::H1, Method::GET, &path, None, Bytes::new()), Duration::from_secs(2)).await
+        if target.is_none() {
+            match Target::from_flags(f) {
+                Ok(t) => target = Some(t),
+                Err(e) => last = format!("target: {e}"),
+            }
         }
-        .await;
-        if let Ok((StatusCode::OK, _)) = r {
-            return Ok(json!({"bench": "wait-ready", "path": path, "ms": start.elapsed().as_millis() as u64, "attempts": attempts}));
+        if let Some(t) = &target {
+            let r = async {
+                let mut s = t.connect(Proto::H1).await?;
+                call(&mut s, t.request(Proto::H1, Method::GET, &path, None, Bytes::new()), Duration::from_secs(2)).await
+            }
+            .await;
+            match r {
+                Ok((StatusCode::OK, _)) => {
+                    let ms = if since_ns > 0 {
+                        (epoch_ns().saturating_sub(since_ns) as f64 / 1e6).round() as u64
+                    } else {
+                        start.elapsed().as_millis() as u64
+                    };
+                    return Ok(json!({"bench": "wait-ready", "path": path, "ms": ms, "attempts": attempts}));
+                }
+                Ok((st, _)) => last = format!("HTTP {st}"),
+                Err(e) => {
+                    last = format!("{e}");
+                    // A TLS failure may be a kubeconfig from a previous start: re-read it.
+                    if f.str("kubeconfig").is_some() && !last.contains("refused") {
+                        target = None;
+                    }
+                }
+            }
         }
         if start.elapsed() > timeout {
-            return Err(format!("{path} not ready after {timeout:?}: last {:?}", r.map(|x| x.0)).into());
+            return Err(format!("{path} not ready after {timeout:?}: last {last}").into());
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
