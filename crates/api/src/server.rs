@@ -100,7 +100,18 @@ async fn dispatch(AxState(st): AxState<Shared>, req: Request<Body>) -> Response 
         let (parts, body) = req.into_parts();
         match body::read_body(body).await {
             Ok(bytes) => Request::from_parts(parts, Body::from(bytes)),
-            Err(e) => return e.into_response(),
+            Err(e) => {
+                // The rest of an oversized body is not read, so this connection cannot be
+                // reused: say so, as Go's server does.
+                let mut r = e.into_response();
+                if parts.version <= axum::http::Version::HTTP_11 {
+                    r.headers_mut().insert(
+                        header::CONNECTION,
+                        header::HeaderValue::from_static("close"),
+                    );
+                }
+                return r;
+            }
         }
     };
     if req.extensions().get::<Identity>().is_none() {

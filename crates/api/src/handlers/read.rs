@@ -186,7 +186,10 @@ pub async fn list(
         want => {
             let partial = want == Want::PartialMetadata;
             let (kind, av) = if partial {
-                ("PartialObjectMetadataList".to_string(), "meta.k8s.io/v1".to_string())
+                (
+                    "PartialObjectMetadataList".to_string(),
+                    "meta.k8s.io/v1".to_string(),
+                )
             } else {
                 (res.list_kind.clone(), res.api_version())
             };
@@ -194,20 +197,25 @@ pub async fn list(
             // Items are encoded as they are read; the list's metadata goes last in the text
             // because its resourceVersion and continue token are known only at the end.
             out.extend_from_slice(
-                format!("{{\"kind\":{},\"apiVersion\":{},\"items\":[", json!(kind), json!(av))
-                    .as_bytes(),
+                format!(
+                    "{{\"kind\":{},\"apiVersion\":{},\"items\":[",
+                    json!(kind),
+                    json!(av)
+                )
+                .as_bytes(),
             );
             let mut first = true;
-            let (rev, token) = list_each(st, res, ns, &filter, limit, q.get("continue"), &mut |obj| {
-                if !first {
-                    out.push(b',');
-                }
-                first = false;
-                let v = if partial { partial_metadata(&obj) } else { obj };
-                serde_json::to_writer(&mut out, &v)
-                    .map_err(|e| ApiError::internal(format!("encoding list: {e}")))
-            })
-            .await?;
+            let (rev, token) =
+                list_each(st, res, ns, &filter, limit, q.get("continue"), &mut |obj| {
+                    if !first {
+                        out.push(b',');
+                    }
+                    first = false;
+                    let v = if partial { partial_metadata(&obj) } else { obj };
+                    serde_json::to_writer(&mut out, &v)
+                        .map_err(|e| ApiError::internal(format!("encoding list: {e}")))
+                })
+                .await?;
             let mut meta = json!({"resourceVersion": rev.to_string()});
             if let Some(c) = token {
                 meta["continue"] = json!(c);
