@@ -41,13 +41,14 @@ struct ServerArgs {
     /// HTTPS port of the Kubernetes API.
     #[arg(long, default_value_t = 6443)]
     https_port: u16,
-    /// Use an etcd cluster (v3 API) instead of the embedded store, e.g. http://127.0.0.1:2379.
+    /// Use an etcd cluster (v3 API) instead of the embedded store, e.g. http://127.0.0.1:2379
+    /// (several URLs: comma-separated). Needs a build with `--features etcd`.
     #[arg(long)]
     datastore_endpoint: Option<String>,
     /// Extra names or addresses for the serving certificate.
     #[arg(long = "tls-san")]
     tls_san: Vec<String>,
-    /// How many revisions of history the embedded store keeps for watches.
+    /// How many revisions of history the store keeps for watches (with etcd: compacts it to).
     #[arg(long, default_value_t = 10_000)]
     history_revisions: u64,
 }
@@ -83,9 +84,7 @@ async fn server(args: ServerArgs) -> Result<()> {
         .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
     let store = match &args.datastore_endpoint {
-        Some(ep) => bail!(
-            "--datastore-endpoint {ep}: this build has no etcd backend (build with --features etcd)"
-        ),
+        Some(ep) => connect_etcd(ep, &args).await?,
         None => {
             let opts = corral_store::EmbeddedOptions {
                 retain_revisions: args.history_revisions,
@@ -160,6 +159,28 @@ async fn server(args: ServerArgs) -> Result<()> {
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Connects to the etcd cluster at `endpoint` (comma-separated URLs).
+#[cfg(feature = "etcd")]
+async fn connect_etcd(endpoint: &str, args: &ServerArgs) -> Result<corral_store::Store> {
+    let endpoints: Vec<String> = endpoint
+        .split(',')
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect();
+    let opts = corral_store::EtcdOptions {
+        retain_revisions: args.history_revisions,
+        ..Default::default()
+    };
+    corral_store::Store::connect_etcd(&endpoints, opts)
+        .await
+        .map_err(|e| anyhow::anyhow!("--datastore-endpoint {endpoint}: {e}"))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn connect_etcd(endpoint: &str, _args: &ServerArgs) -> Result<corral_store::Store> {
+    bail!("--datastore-endpoint {endpoint}: this build has no etcd backend (build with --features etcd)")
 }
 
 async fn wait_for_signal() {

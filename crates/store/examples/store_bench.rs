@@ -1,10 +1,13 @@
-//! Benchmark of durable puts on the embedded store: C concurrent writers put 1 KiB values
+//! Benchmark of durable puts through the store API: C concurrent writers put 1 KiB values
 //! for N seconds (or N ops), optionally at a fixed total rate and with W watchers on the
 //! written prefix, and one JSON line reports throughput and put (and watch delivery)
-//! latency percentiles, for comparison with etcd measured the same way.
+//! latency percentiles. By default it measures the embedded store; with `--etcd URL` (and
+//! `--features etcd`) the same workload runs against etcd through the etcd backend, which
+//! is how bench/store.sh compares the two.
 //!
 //! cargo run --release -p corral-store --example store_bench -- --writers 100 --seconds 10
 //! cargo run --release -p corral-store --example store_bench -- --writers 10 --rate 1000 --watchers 1000
+//! cargo run --release -p corral-store --features etcd --example store_bench -- --etcd http://127.0.0.1:2379
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,13 +28,14 @@ struct Args {
     dir: Option<std::path::PathBuf>,
     quick_repair: bool,
     fsync: bool,
+    etcd: Option<String>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: store_bench [--writers C] [--seconds S | --ops N] [--rate OPS_PER_SEC] \
          [--watchers W] [--value-size BYTES] [--keys-per-writer K] [--dir PATH] \
-         [--quick-repair] [--no-fsync]"
+         [--quick-repair] [--no-fsync] [--etcd URL]"
     );
     std::process::exit(2)
 }
@@ -48,6 +52,7 @@ fn parse_args() -> Args {
         dir: None,
         quick_repair: false,
         fsync: true,
+        etcd: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -64,6 +69,7 @@ fn parse_args() -> Args {
             "--quick-repair" => a.quick_repair = true,
             // Only to see how much of the time is the disk; not a valid comparison.
             "--no-fsync" => a.fsync = false,
+            "--etcd" => a.etcd = Some(val()),
             _ => usage(),
         }
     }
@@ -97,24 +103,29 @@ fn main() {
         .unwrap();
     // A temporary directory (in $TMPDIR, else the current directory rather than /tmp, which
     // may be a tmpfs where fsync costs nothing) unless --dir is given.
-    let tmp = match &args.dir {
-        Some(_) => None,
-        None => Some(
+    let tmp = match (&args.dir, &args.etcd) {
+        (Some(_), _) | (_, Some(_)) => None,
+        (None, None) => Some(
             tempfile::tempdir_in(std::env::var_os("TMPDIR").unwrap_or_else(|| ".".into())).unwrap(),
         ),
     };
-    let dir = match (&args.dir, &tmp) {
-        (Some(d), _) => d.clone(),
-        (None, Some(t)) => t.path().to_path_buf(),
-        (None, None) => unreachable!(),
-    };
-    let opts = EmbeddedOptions {
-        quick_repair: args.quick_repair,
-        fsync: args.fsync,
-        ..Default::default()
-    };
     let opening = Instant::now();
-    let store = Store::open_embedded(&dir, opts).unwrap();
+    let (store, kind) = match &args.etcd {
+        Some(url) => (rt.block_on(connect_etcd(url)), "corral-etcd-backend"),
+        None => {
+            let dir = match (&args.dir, &tmp) {
+                (Some(d), _) => d.clone(),
+                (None, Some(t)) => t.path().to_path_buf(),
+                (None, None) => unreachable!(),
+            };
+            let opts = EmbeddedOptions {
+                quick_repair: args.quick_repair,
+                fsync: args.fsync,
+                ..Default::default()
+            };
+            (Store::open_embedded(&dir, opts).unwrap(), "corral-embedded")
+        }
+    };
     // Includes crash recovery when the directory was left by a killed process.
     let open_ms = opening.elapsed().as_secs_f64() * 1000.0;
     let base = Instant::now();
@@ -218,12 +229,13 @@ fn main() {
     rt.block_on(store.close());
     println!(
         concat!(
-            "{{\"store\":\"corral-embedded\",\"writers\":{},\"value_bytes\":{},",
+            "{{\"store\":\"{}\",\"writers\":{},\"value_bytes\":{},",
             "\"quick_repair\":{},\"fsync\":{},\"ops\":{},\"seconds\":{:.3},",
             "\"ops_per_sec\":{:.1},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"commits\":{},",
             "\"writes_per_commit\":{:.2},\"open_ms\":{:.1},\"watchers\":{},",
             "\"watch_events\":{},\"watch_p50_ms\":{:.3},\"watch_p99_ms\":{:.3}}}"
         ),
+        kind,
         args.writers,
         args.value_size,
         args.quick_repair,
@@ -241,4 +253,22 @@ fn main() {
         percentile(&watch_sorted, 0.50),
         percentile(&watch_sorted, 0.99),
     );
+}
+
+#[cfg(feature = "etcd")]
+async fn connect_etcd(url: &str) -> Store {
+    // The defaults keep periodic progress marks on: the watcher tasks above need them to
+    // see the end of the run.
+    Store::connect_etcd(&[url.to_string()], corral_store::EtcdOptions::default())
+        .await
+        .unwrap_or_else(|e| {
+            eprintln!("{e}");
+            std::process::exit(1)
+        })
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn connect_etcd(_url: &str) -> Store {
+    eprintln!("--etcd needs a build with --features etcd");
+    std::process::exit(2)
 }

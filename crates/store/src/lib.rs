@@ -1,12 +1,14 @@
 //! Revisioned key-value store for corral: put/get/range with compare-and-swap, watch from a
 //! revision, and compaction, on etcd v3 semantics. It knows nothing of Kubernetes.
 //!
-//! `Store` is the only entry point. Today it has one backend, embedded (redb); an etcd backend
-//! can be added behind a cargo feature as another variant of `Backend` without changing
-//! callers.
+//! `Store` is the only entry point. Its backends are embedded (redb, the default) and, with
+//! the cargo feature `etcd`, an etcd cluster's v3 API (`connect_etcd`), so that several
+//! servers can share one cluster. Callers see the same semantics from both.
 
 mod embedded;
 mod error;
+#[cfg(feature = "etcd")]
+mod etcd;
 mod options;
 mod types;
 mod watch;
@@ -17,7 +19,7 @@ use bytes::Bytes;
 
 pub use embedded::FILE_NAME;
 pub use error::Error;
-pub use options::EmbeddedOptions;
+pub use options::{EmbeddedOptions, EtcdOptions};
 pub use types::{
     prefix_end, Compare, Event, EventKind, KeyValue, RangeResult, Revision, StoreStats, TxnOutcome,
     WatchMessage,
@@ -33,6 +35,19 @@ pub struct Store {
 #[derive(Clone)]
 enum Backend {
     Embedded(std::sync::Arc<embedded::Embedded>),
+    #[cfg(feature = "etcd")]
+    Etcd(std::sync::Arc<etcd::Etcd>),
+}
+
+/// Calls the same method on whichever backend the store has.
+macro_rules! dispatch {
+    ($self:ident, $b:ident => $call:expr) => {
+        match &$self.backend {
+            Backend::Embedded($b) => $call,
+            #[cfg(feature = "etcd")]
+            Backend::Etcd($b) => $call,
+        }
+    };
 }
 
 impl Store {
@@ -46,34 +61,45 @@ impl Store {
         })
     }
 
-    fn embedded(&self) -> &embedded::Embedded {
+    /// Connects to an etcd cluster (v3 API) at `endpoints` (e.g. `http://127.0.0.1:2379`).
+    /// Fails with `Error::Unreachable` if none answers within `opts.connect_timeout`. Must be
+    /// called inside a tokio runtime (it starts the background compactor there).
+    #[cfg(feature = "etcd")]
+    pub async fn connect_etcd(endpoints: &[String], opts: EtcdOptions) -> Result<Store, Error> {
+        let e = etcd::Etcd::connect(endpoints, opts).await?;
+        Ok(Store {
+            backend: Backend::Etcd(e),
+        })
+    }
+
+    /// The store file (embedded backend); None for etcd.
+    pub fn path(&self) -> Option<&Path> {
         match &self.backend {
-            Backend::Embedded(e) => e,
+            Backend::Embedded(e) => Some(e.path()),
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(_) => None,
         }
     }
 
-    /// The store file (embedded backend).
-    pub fn path(&self) -> &Path {
-        self.embedded().path()
-    }
-
-    /// Revision of the last committed write (1 for an empty store).
+    /// Revision of the last committed write (1 for an empty store). With etcd: the newest
+    /// revision this process has seen (writes by other servers show after its next request).
     pub fn current_revision(&self) -> Revision {
-        self.embedded().current_revision()
+        dispatch!(self, b => b.current_revision())
     }
 
-    /// History at or below this revision is gone (0 if never compacted).
+    /// History at or below this revision is gone (0 if never compacted). With etcd: as far
+    /// as this process knows (etcd does not publish it; see the etcd module).
     pub fn compacted_revision(&self) -> Revision {
-        self.embedded().compacted_revision()
+        dispatch!(self, b => b.compacted_revision())
     }
 
     pub fn stats(&self) -> StoreStats {
-        self.embedded().stats()
+        dispatch!(self, b => b.stats())
     }
 
     /// The latest value of `key`.
     pub async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, Error> {
-        self.embedded().get(key).await
+        dispatch!(self, b => b.get(key).await)
     }
 
     /// Latest values of keys in `[start, end)` (empty `end`: no upper bound) in key order, at
@@ -84,22 +110,22 @@ impl Store {
         end: &[u8],
         limit: usize,
     ) -> Result<RangeResult, Error> {
-        self.embedded().range(start, end, limit).await
+        dispatch!(self, b => b.range(start, end, limit).await)
     }
 
     /// Number of keys in `[start, end)`.
     pub async fn count(&self, start: &[u8], end: &[u8]) -> Result<u64, Error> {
-        self.embedded().count(start, end).await
+        dispatch!(self, b => b.count(start, end).await)
     }
 
     /// Creates or updates `key` if `cmp` holds; durable when it returns `Committed`.
     pub async fn put(&self, key: &[u8], value: Bytes, cmp: Compare) -> Result<TxnOutcome, Error> {
-        self.embedded().put(key, value, cmp).await
+        dispatch!(self, b => b.put(key, value, cmp).await)
     }
 
     /// Deletes `key` if it exists and `cmp` holds; `Committed.prev` is what was deleted.
     pub async fn delete(&self, key: &[u8], cmp: Compare) -> Result<TxnOutcome, Error> {
-        self.embedded().delete(key, cmp).await
+        dispatch!(self, b => b.delete(key, cmp).await)
     }
 
     /// Watches `[start, end)` (empty `end`: no upper bound) for changes with revision greater
@@ -112,24 +138,24 @@ impl Store {
         end: &[u8],
         after_revision: Revision,
     ) -> Result<WatchStream, Error> {
-        self.embedded().watch(start, end, after_revision)
+        dispatch!(self, b => b.watch(start, end, after_revision))
     }
 
     /// Drops history at or below `revision` (watches from there fail with `Compacted`).
     /// Returns once done; a revision already compacted is a no-op.
     pub async fn compact(&self, revision: Revision) -> Result<(), Error> {
-        self.embedded().compact(revision).await
+        dispatch!(self, b => b.compact(revision).await)
     }
 
     /// Checks that counters, history and latest values agree (after a crash, say).
     pub async fn verify(&self) -> Result<(), Error> {
-        self.embedded().verify().await
+        dispatch!(self, b => b.verify().await)
     }
 
     /// Finishes the writes already submitted, stops the writer and closes the file for every
     /// clone of this handle. Errors are returned; see also `close`.
     pub async fn shutdown(&self) -> Result<(), Error> {
-        self.embedded().shutdown().await
+        dispatch!(self, b => b.shutdown().await)
     }
 
     /// Like `shutdown`, logging rather than returning an error.
@@ -142,7 +168,13 @@ impl Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let backend = match &self.backend {
+            Backend::Embedded(_) => "embedded",
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(_) => "etcd",
+        };
         f.debug_struct("Store")
+            .field("backend", &backend)
             .field("path", &self.path())
             .field("revision", &self.current_revision())
             .finish()

@@ -1,17 +1,18 @@
 //! Operations, preconditions, revision rules, range/count, reopen, locking and the bound on
-//! disk use under churn, through the public API.
+//! disk use under churn, through the public API. The behavioural tests run on both backends
+//! (`on_both!`, see `common`); locking, file paths and disk use are the embedded store's own.
+//! Revisions are compared to the one a test started at, since etcd's history is shared.
+
+mod common;
 
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::{Harness, Opts};
 use corral_store::{prefix_end, Compare, EmbeddedOptions, Error, KeyValue, Store, TxnOutcome};
 
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
-}
-
-fn open(dir: &tempfile::TempDir) -> Store {
-    Store::open_embedded(dir.path(), EmbeddedOptions::default()).unwrap()
 }
 
 fn committed(o: TxnOutcome) -> (i64, Option<KeyValue>) {
@@ -28,46 +29,47 @@ fn conflict(o: TxnOutcome) -> Option<KeyValue> {
     }
 }
 
-#[tokio::test]
-async fn empty_store_is_at_revision_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
-    assert_eq!(s.current_revision(), 1);
-    assert_eq!(s.compacted_revision(), 0);
+async fn empty_store(h: Harness) {
+    let s = h.open(Opts::default()).await;
+    if h.is_embedded() {
+        assert_eq!(s.current_revision(), 1);
+        assert_eq!(s.compacted_revision(), 0);
+    }
     assert_eq!(s.get(b"nope").await.unwrap(), None);
     let r = s.range(b"", b"", 0).await.unwrap();
     assert!(r.kvs.is_empty() && !r.more);
-    assert_eq!(r.revision, 1);
+    assert_eq!(r.revision, s.current_revision());
+    assert_eq!(s.count(b"", b"").await.unwrap(), 0);
     s.verify().await.unwrap();
     s.close().await;
 }
+on_both!(empty_store);
 
-#[tokio::test]
-async fn put_get_and_revision_rules() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
+async fn put_get_and_revision_rules(h: Harness) {
+    let s = h.open(Opts::default()).await;
+    let base = s.current_revision();
     let (r1, prev) = committed(s.put(b"a", b("1"), Compare::Any).await.unwrap());
-    assert_eq!((r1, prev), (2, None));
+    assert_eq!((r1, prev), (base + 1, None));
     let kv = s.get(b"a").await.unwrap().unwrap();
     assert_eq!(
         (kv.create_revision, kv.mod_revision, kv.value),
-        (2, 2, b("1"))
+        (r1, r1, b("1"))
     );
 
     // An update keeps create_revision and returns the previous state.
     let (r2, prev) = committed(s.put(b"a", b("2"), Compare::Any).await.unwrap());
-    assert_eq!(r2, 3);
+    assert_eq!(r2, base + 2);
     assert_eq!(prev.unwrap().value, b("1"));
     let kv = s.get(b"a").await.unwrap().unwrap();
-    assert_eq!((kv.create_revision, kv.mod_revision), (2, 3));
+    assert_eq!((kv.create_revision, kv.mod_revision), (r1, r2));
 
     // Delete returns what was deleted; re-creating resets create_revision.
     let (r3, prev) = committed(s.delete(b"a", Compare::Any).await.unwrap());
-    assert_eq!(r3, 4);
+    assert_eq!(r3, base + 3);
     let prev = prev.unwrap();
     assert_eq!(
         (prev.value, prev.mod_revision, prev.create_revision),
-        (b("2"), 3, 2)
+        (b("2"), r2, r1)
     );
     assert_eq!(s.get(b"a").await.unwrap(), None);
     let (r4, _) = committed(s.put(b"a", b("3"), Compare::Absent).await.unwrap());
@@ -77,11 +79,10 @@ async fn put_get_and_revision_rules() {
     s.verify().await.unwrap();
     s.close().await;
 }
+on_both!(put_get_and_revision_rules);
 
-#[tokio::test]
-async fn preconditions() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
+async fn preconditions(h: Harness) {
+    let s = h.open(Opts::default()).await;
     // Absent: create only.
     let (r, _) = committed(s.put(b"k", b("v1"), Compare::Absent).await.unwrap());
     let cur = conflict(s.put(b"k", b("v2"), Compare::Absent).await.unwrap()).unwrap();
@@ -125,11 +126,10 @@ async fn preconditions() {
     assert_eq!(s.stats().conflicts, 8);
     s.close().await;
 }
+on_both!(preconditions);
 
-#[tokio::test]
-async fn range_limit_more_and_count() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
+async fn range_limit_more_and_count(h: Harness) {
+    let s = h.open(Opts::default()).await;
     for k in ["/a/1", "/a/2", "/a/3", "/b/1", "/a0"] {
         s.put(k.as_bytes(), b(k), Compare::Any).await.unwrap();
     }
@@ -163,11 +163,11 @@ async fn range_limit_more_and_count() {
     assert_eq!(s.range(b"/a0", b"", 0).await.unwrap().kvs.len(), 2);
     s.close().await;
 }
+on_both!(range_limit_more_and_count);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_writers_share_commits() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
+async fn concurrent_writers_share_commits(h: Harness) {
+    let s = h.open(Opts::default()).await;
+    let base = s.current_revision();
     let mut tasks = Vec::new();
     for w in 0..50 {
         let s = s.clone();
@@ -190,47 +190,49 @@ async fn concurrent_writers_share_commits() {
         all.extend(t.await.unwrap());
     }
     all.sort();
-    let expected: Vec<i64> = (2..502).collect();
+    let expected: Vec<i64> = (base + 1..base + 501).collect();
     assert_eq!(
         all, expected,
         "every write got its own revision, without gaps"
     );
     let st = s.stats();
     assert_eq!(st.writes, 500);
-    assert!(st.commits < 500, "group commit should batch writes: {st:?}");
+    if h.is_embedded() {
+        assert!(st.commits < 500, "group commit should batch writes: {st:?}");
+    }
     s.verify().await.unwrap();
     s.close().await;
 }
+on_both!(concurrent_writers_share_commits);
 
-#[tokio::test]
-async fn reopen_preserves_state_and_revision() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
+async fn reopen_preserves_state_and_revision(h: Harness) {
+    let s = h.open(Opts::default()).await;
+    let base = s.current_revision();
     for i in 0..20 {
         s.put(format!("k{i}").as_bytes(), b("v"), Compare::Any)
             .await
             .unwrap();
     }
     s.delete(b"k3", Compare::Any).await.unwrap();
-    s.compact(5).await.unwrap();
+    s.compact(base + 4).await.unwrap();
     let rev = s.current_revision();
     let before = s.range(b"", b"", 0).await.unwrap();
     s.close().await;
 
-    let s = open(&dir);
+    // etcd: a new connection finds the revisions again (the compacted one by probing).
+    let s = h.open(Opts::default()).await;
     assert_eq!(s.current_revision(), rev);
-    assert_eq!(s.compacted_revision(), 5);
+    assert_eq!(s.compacted_revision(), base + 4);
     assert_eq!(s.range(b"", b"", 0).await.unwrap(), before);
     let (r, _) = committed(s.put(b"k3", b("again"), Compare::Absent).await.unwrap());
     assert_eq!(r, rev + 1);
     s.verify().await.unwrap();
     s.close().await;
 }
+on_both!(reopen_preserves_state_and_revision);
 
-#[tokio::test]
-async fn operations_after_close_fail_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
+async fn operations_after_close_fail_cleanly(h: Harness) {
+    let s = h.open(Opts::default()).await;
     let other = s.clone();
     s.close().await;
     assert!(matches!(other.get(b"a").await, Err(Error::Closed)));
@@ -240,6 +242,7 @@ async fn operations_after_close_fail_cleanly() {
     ));
     assert!(matches!(other.watch(b"a", b"", 0), Err(Error::Closed)));
 }
+on_both!(operations_after_close_fail_cleanly);
 
 #[test]
 fn second_open_is_locked() {
@@ -259,43 +262,41 @@ fn file_path_and_directory_path() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("sub/state.redb");
     let s = Store::open_embedded(&file, EmbeddedOptions::default()).unwrap();
-    assert_eq!(s.path(), file);
+    assert_eq!(s.path(), Some(file.as_path()));
     drop(s);
     let d = dir.path().join("data");
     let s = Store::open_embedded(&d, EmbeddedOptions::default()).unwrap();
-    assert_eq!(s.path(), d.join(corral_store::FILE_NAME));
+    assert_eq!(s.path(), Some(d.join(corral_store::FILE_NAME).as_path()));
 }
 
-#[tokio::test]
-async fn compact_rules() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir);
+async fn compact_rules(h: Harness) {
+    let s = h.open(Opts::default()).await;
+    let base = s.current_revision();
     for i in 0..10 {
         s.put(b"k", b(&i.to_string()), Compare::Any).await.unwrap();
     }
     assert!(matches!(
-        s.compact(100).await,
+        s.compact(base + 99).await,
         Err(Error::FutureRevision { .. })
     ));
-    s.compact(6).await.unwrap();
-    assert_eq!(s.compacted_revision(), 6);
-    s.compact(3).await.unwrap(); // already compacted: no-op
-    assert_eq!(s.compacted_revision(), 6);
+    s.compact(base + 5).await.unwrap();
+    assert_eq!(s.compacted_revision(), base + 5);
+    s.compact(base + 2).await.unwrap(); // already compacted: no-op
+    assert_eq!(s.compacted_revision(), base + 5);
     // Latest values survive compaction.
     assert_eq!(s.get(b"k").await.unwrap().unwrap().value, b("9"));
     s.verify().await.unwrap();
     s.close().await;
 }
+on_both!(compact_rules);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn automatic_compaction_keeps_retained_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let opts = EmbeddedOptions {
+async fn automatic_compaction_keeps_retained_history(h: Harness) {
+    let opts = Opts {
         retain_revisions: 50,
         compaction_interval: Duration::from_millis(50),
         ..Default::default()
     };
-    let s = Store::open_embedded(dir.path(), opts).unwrap();
+    let s = h.open(opts).await;
     for i in 0..200 {
         s.put(format!("k{}", i % 7).as_bytes(), b("v"), Compare::Any)
             .await
@@ -314,6 +315,7 @@ async fn automatic_compaction_keeps_retained_history() {
     s.verify().await.unwrap();
     s.close().await;
 }
+on_both!(automatic_compaction_keeps_retained_history);
 
 /// 200,000 updates of the same 100 keys must not grow the file without bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,7 +350,7 @@ async fn disk_stays_bounded_under_churn() {
         for t in tasks {
             t.await.unwrap();
         }
-        let size = std::fs::metadata(s.path()).unwrap().len();
+        let size = std::fs::metadata(s.path().unwrap()).unwrap().len();
         sizes.push(size);
         eprintln!(
             "round {round}: revision {} compacted {} file {} KiB",
@@ -428,7 +430,7 @@ async fn file_shrinks_at_open_after_mass_delete() {
         },
     )
     .unwrap();
-    let small = std::fs::metadata(s.path()).unwrap().len();
+    let small = std::fs::metadata(s.path().unwrap()).unwrap().len();
     assert!(small * 2 < full, "file not compacted: {full} -> {small}");
     assert_eq!(s.current_revision(), rev);
     assert_eq!(s.count(b"", b"").await.unwrap(), 200);

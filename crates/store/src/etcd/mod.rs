@@ -137,7 +137,7 @@ impl Etcd {
         if !etcd.shared.ordered_progress {
             tracing::info!(
                 version = %version,
-                "this etcd may answer watch progress requests out of order; progress marks are confirmed twice before use"
+                "this etcd may answer watch progress requests out of order; progress answers are confirmed by a later one before use"
             );
         }
         if !etcd.opts.compaction_interval.is_zero() {
@@ -174,7 +174,10 @@ impl Etcd {
     }
 
     fn kv(&self) -> Result<KvClient, Error> {
-        Ok(self.client()?.kv_client().max_decoding_message_size(MAX_MESSAGE))
+        Ok(self
+            .client()?
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE))
     }
 
     /// Runs one request with the request timeout, mapping its failure.
@@ -342,15 +345,16 @@ impl Etcd {
         let mut kv = self.kv()?;
         // Physical: return only once the history is gone, as the embedded store does.
         let opts = CompactionOptions::new().with_physical();
-        let done = tokio::time::timeout(self.opts.request_timeout, kv.compact(revision, Some(opts)))
-            .await
-            .map_err(|_| Error::Etcd {
-                op: "compact",
-                source: Arc::new(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer within {:?}", self.opts.request_timeout),
-                )),
-            })?;
+        let done =
+            tokio::time::timeout(self.opts.request_timeout, kv.compact(revision, Some(opts)))
+                .await
+                .map_err(|_| Error::Etcd {
+                    op: "compact",
+                    source: Arc::new(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {:?}", self.opts.request_timeout),
+                    )),
+                })?;
         match done {
             Ok(resp) => {
                 self.shared.saw(resp.header());
@@ -438,9 +442,7 @@ impl Etcd {
             after
         };
         Ok(watch::watch(
-            client
-                .watch_client()
-                .max_decoding_message_size(MAX_MESSAGE),
+            client.watch_client().max_decoding_message_size(MAX_MESSAGE),
             self.shared.clone(),
             start,
             end,
@@ -590,7 +592,10 @@ mod tests {
         assert_eq!(etcd_range(b"", b""), Some((vec![0], vec![0])));
         assert_eq!(etcd_range(b"/a", b""), Some((b"/a".to_vec(), vec![0])));
         assert_eq!(etcd_range(b"", b"/b"), Some((vec![0], b"/b".to_vec())));
-        assert_eq!(etcd_range(b"/a", b"/b"), Some((b"/a".to_vec(), b"/b".to_vec())));
+        assert_eq!(
+            etcd_range(b"/a", b"/b"),
+            Some((b"/a".to_vec(), b"/b".to_vec()))
+        );
         assert_eq!(etcd_range(b"/b", b"/a"), None);
         assert_eq!(etcd_range(b"/a", b"/a"), None);
         assert_eq!(etcd_range(b"", b"\0"), None);
