@@ -1,0 +1,1 @@
+//! Container images: import (OCI layout, docker-archive), list, remove; layers unpacked once and shared.

@@ -1,0 +1,1 @@
+//! Runs containers: namespaces, cgroups, rootfs, pod networking, a per-container shim.
