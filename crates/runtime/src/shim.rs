@@ -1,0 +1,461 @@
+//! The per-container shim. The runtime starts it as `<shim_exe> [shim_args..] run <dir>`;
+//! it detaches (new session, double fork, so the agent can die without taking it along),
+//! starts the container process as its child, reports `{"pid":..}` or `{"error":..}` as one
+//! JSON line on the inherited sync pipe ($CORRAL_SHIM_SYNC_FD) and closes it, copies the
+//! container's output to the CRI log, and on exit writes `exit.json`.
+//! `exec <dir> <json>` runs a process inside a running container (kubectl exec, probes).
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cri_log::LineSplitter;
+use crate::init::{self, ChildIo};
+use crate::state::{self, ContainerConfig, ExitRecord, StateRecord};
+use crate::sys::{self, cvt};
+
+pub(crate) const SYNC_FD_ENV: &str = "CORRAL_SHIM_SYNC_FD";
+
+/// What the shim reports on the sync pipe.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum SyncMsg {
+    Pid(i32),
+    Error(String),
+}
+
+/// What an exec session runs.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ExecRequest {
+    pub argv: Vec<String>,
+    pub tty: bool,
+}
+
+/// Entry point for a binary that is (or re-execs itself as) the shim: finds `run <dir>` or
+/// `exec <dir> <json>` at the end of its arguments, so any prefix (`corral shim`) works.
+pub fn main() -> ! {
+    let args: Vec<String> = std::env::args().collect();
+    std::process::exit(run_args(&args))
+}
+
+/// Runs the shim for the trailing `run <dir>` / `exec <dir> <json>` of `args`; returns the
+/// exit code for the process.
+pub fn run_args(args: &[String]) -> i32 {
+    let n = args.len();
+    if n >= 2 && args[n - 2] == "run" {
+        run(Path::new(&args[n - 1]))
+    } else if n >= 3 && args[n - 3] == "exec" {
+        match serde_json::from_str::<ExecRequest>(&args[n - 1]) {
+            Ok(req) => exec(Path::new(&args[n - 2]), &req),
+            Err(e) => {
+                eprintln!("corral shim exec: bad request: {e}");
+                126
+            }
+        }
+    } else {
+        eprintln!("usage: shim run <container-dir> | shim exec <container-dir> <json>");
+        2
+    }
+}
+
+fn report(sync: &mut Option<File>, msg: &SyncMsg) {
+    if let Some(mut f) = sync.take() {
+        let mut line = serde_json::to_vec(msg).expect("serializable");
+        line.push(b'\n');
+        let _ = f.write_all(&line);
+    }
+}
+
+fn run(bundle: &Path) -> i32 {
+    let mut sync: Option<File> = std::env::var(SYNC_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<RawFd>().ok())
+        .filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } != -1)
+        .map(|fd| {
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            unsafe { File::from_raw_fd(fd) }
+        });
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        libc::setsid();
+    }
+    let _ = std::env::set_current_dir("/");
+    // Fork once more and let the first process exit, so the runtime reaps it at once and the
+    // shim is reparented away from the agent.
+    match unsafe { libc::fork() } {
+        -1 => {
+            report(
+                &mut sync,
+                &SyncMsg::Error(format!("fork: {}", io::Error::last_os_error())),
+            );
+            return 1;
+        }
+        0 => {}
+        _ => {
+            drop(sync);
+            return 0;
+        }
+    }
+    match supervise(bundle, &mut sync) {
+        Ok(()) => 0,
+        Err(e) => {
+            report(&mut sync, &SyncMsg::Error(e.to_string()));
+            1
+        }
+    }
+}
+
+/// The container's ends and the shim's ends of its stdio.
+struct Stdio {
+    child: ChildIo,
+    /// Kept open by the shim so the container never sees EOF on its stdin FIFO.
+    _stdin_keep: Option<File>,
+    child_fds: Vec<OwnedFd>,
+    out: OwnedFd,
+    err: Option<OwnedFd>,
+}
+
+fn open_stdio(cfg: &ContainerConfig) -> io::Result<Stdio> {
+    let mut child_fds = Vec::new();
+    let (stdin, stdin_keep) = if cfg.spec.stdin {
+        let fifo = cfg.bundle.join(state::STDIN_FIFO);
+        let c = sys::cstr(&fifo)?;
+        cvt(unsafe { libc::mkfifo(c.as_ptr(), 0o600) })?;
+        let keep = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&fifo)?;
+        let reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&fifo)?;
+        (OwnedFd::from(reader), Some(keep))
+    } else {
+        let null = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/null")?;
+        (OwnedFd::from(null), None)
+    };
+    if cfg.spec.tty {
+        let (master, slave) = open_pty()?;
+        let s = slave.as_raw_fd();
+        let stdin_fd = if cfg.spec.stdin { stdin.as_raw_fd() } else { s };
+        child_fds.push(stdin);
+        child_fds.push(slave);
+        Ok(Stdio {
+            child: ChildIo {
+                stdin: stdin_fd,
+                stdout: s,
+                stderr: s,
+                tty: true,
+            },
+            _stdin_keep: stdin_keep,
+            child_fds,
+            out: master,
+            err: None,
+        })
+    } else {
+        let (out_r, out_w) = sys::pipe()?;
+        let (err_r, err_w) = sys::pipe()?;
+        let child = ChildIo {
+            stdin: stdin.as_raw_fd(),
+            stdout: out_w.as_raw_fd(),
+            stderr: err_w.as_raw_fd(),
+            tty: false,
+        };
+        child_fds.extend([stdin, out_w, err_w]);
+        Ok(Stdio {
+            child,
+            _stdin_keep: stdin_keep,
+            child_fds,
+            out: out_r,
+            err: Some(err_r),
+        })
+    }
+}
+
+/// A new pseudo-terminal pair from the host's /dev/ptmx; both ends close-on-exec.
+pub(crate) fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
+    let m = cvt(unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) })?;
+    let master = unsafe { OwnedFd::from_raw_fd(m) };
+    cvt(unsafe { libc::grantpt(m) })?;
+    cvt(unsafe { libc::unlockpt(m) })?;
+    let mut name = [0 as libc::c_char; 128];
+    let r = unsafe { libc::ptsname_r(m, name.as_mut_ptr(), name.len()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    let s = cvt(unsafe {
+        libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    })?;
+    Ok((master, unsafe { OwnedFd::from_raw_fd(s) }))
+}
+
+fn supervise(bundle: &Path, sync: &mut Option<File>) -> io::Result<()> {
+    let cfg: ContainerConfig = state::read_json(&bundle.join(state::CONFIG))
+        .map_err(|e| io::Error::other(e.to_string()))?
+        .ok_or_else(|| io::Error::other("config.json missing"))?;
+    if let Some(dir) = cfg.spec.log_path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&cfg.spec.log_path)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("open log {}: {e}", cfg.spec.log_path.display()),
+            )
+        })?;
+    let stdio = open_stdio(&cfg)?;
+    if cfg.isolated {
+        // Our next child is pid 1 of a new pid namespace; the shim itself stays outside.
+        cvt(unsafe { libc::unshare(libc::CLONE_NEWPID) })?;
+    }
+    let (err_r, err_w) = sys::pipe()?;
+    let pid = unsafe { libc::fork() };
+    if pid == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let e = init::start(&cfg, stdio.child);
+        let msg = e.to_string();
+        unsafe {
+            libc::write(
+                err_w.as_raw_fd(),
+                msg.as_ptr() as *const libc::c_void,
+                msg.len(),
+            );
+            libc::_exit(127);
+        }
+    }
+    let ticks = sys::proc_start_ticks(pid).unwrap_or(0);
+    drop(err_w);
+    drop(stdio.child_fds);
+    let mut failure = String::new();
+    File::from(err_r).read_to_string(&mut failure)?;
+    if !failure.is_empty() {
+        let mut status = 0;
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        return Err(io::Error::other(failure));
+    }
+    let me = std::process::id() as i32;
+    let record = StateRecord {
+        pid,
+        start_ticks: ticks,
+        shim_pid: me,
+        shim_start_ticks: sys::proc_start_ticks(me).unwrap_or(0),
+        started_at: state::now_rfc3339(),
+    };
+    state::write_json(&bundle.join(state::STATE), &record)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    report(sync, &SyncMsg::Pid(pid));
+
+    let status = copy_output(pid, stdio.out, stdio.err, &mut log)?;
+    let oom_killed = cfg.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
+    let exit = ExitRecord {
+        code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
+        signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
+        oom_killed,
+        finished_at: state::now_rfc3339(),
+    };
+    state::write_json(&bundle.join(state::EXIT), &exit)
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(())
+}
+
+/// Copies the container's stdout/stderr (or its terminal) into the CRI log until the process
+/// exits; returns its wait status.
+fn copy_output(pid: i32, out: OwnedFd, err: Option<OwnedFd>, log: &mut File) -> io::Result<i32> {
+    let pidfd = sys::pidfd_open(pid)?;
+    let mut streams: Vec<(OwnedFd, LineSplitter, bool)> =
+        vec![(out, LineSplitter::new("stdout"), true)];
+    if let Some(e) = err {
+        streams.push((e, LineSplitter::new("stderr"), true));
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut out = Vec::with_capacity(64 * 1024);
+    let mut exited = false;
+    loop {
+        let mut fds: Vec<libc::pollfd> = streams
+            .iter()
+            .map(|(fd, _, open)| libc::pollfd {
+                fd: if *open { fd.as_raw_fd() } else { -1 },
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        fds.push(libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        let timeout = if exited { 0 } else { -1 };
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds.last().unwrap().revents != 0 {
+            exited = true;
+        }
+        let mut progressed = false;
+        for (i, (fd, splitter, open)) in streams.iter_mut().enumerate() {
+            if !*open || fds[i].revents == 0 {
+                continue;
+            }
+            let n = unsafe {
+                libc::read(
+                    fd.as_raw_fd(),
+                    buf.as_mut_ptr() as *mut libc::c_void,
+                    buf.len(),
+                )
+            };
+            if n > 0 {
+                splitter.push(&buf[..n as usize], &mut out);
+                progressed = true;
+            } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                // EOF, or EIO from a terminal whose other side is gone.
+                *open = false;
+            }
+        }
+        if !out.is_empty() {
+            log.write_all(&out)?;
+            out.clear();
+        }
+        // Once the process is gone, read what is buffered and stop: a background process
+        // outside a pid namespace may hold the pipe open forever.
+        if exited && (!progressed || streams.iter().all(|s| !s.2)) {
+            break;
+        }
+    }
+    for (_, splitter, _) in streams.iter_mut() {
+        splitter.finish(&mut out);
+    }
+    log.write_all(&out)?;
+    let mut status = 0;
+    loop {
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            return Ok(status);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// `exec <dir> <json>`: joins the running container (cgroup, namespaces, root) and runs
+/// `argv` there as its child; exits with the child's code (128 + signal when killed).
+fn exec(bundle: &Path, req: &ExecRequest) -> i32 {
+    match exec_inner(bundle, req) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("corral exec: {e}");
+            126
+        }
+    }
+}
+
+fn exec_inner(bundle: &Path, req: &ExecRequest) -> io::Result<i32> {
+    let other = |e: crate::Error| io::Error::other(e.to_string());
+    let cfg: ContainerConfig = state::read_json(&bundle.join(state::CONFIG))
+        .map_err(other)?
+        .ok_or_else(|| io::Error::other("container config missing"))?;
+    let st: StateRecord = state::read_json(&bundle.join(state::STATE))
+        .map_err(other)?
+        .ok_or_else(|| io::Error::other("container not started"))?;
+    if !sys::process_matches(st.pid, st.start_ticks) {
+        return Err(io::Error::other("container is not running"));
+    }
+    if cfg.isolated {
+        if let Some(cg) = &cfg.cgroup {
+            cg.join_self()?;
+        }
+        let ns: Vec<(OwnedFd, &str)> = ["ipc", "uts", "net", "pid", "mnt"]
+            .iter()
+            .map(|n| {
+                let p = PathBuf::from(format!("/proc/{}/ns/{n}", st.pid));
+                crate::network::open_netns(&p).map(|fd| (fd, *n))
+            })
+            .collect::<io::Result<_>>()?;
+        // The namespaces are open, so a pid reused since the check cannot be joined by mistake.
+        if !sys::process_matches(st.pid, st.start_ticks) {
+            return Err(io::Error::other("container is not running"));
+        }
+        for (fd, name) in &ns {
+            cvt(unsafe { libc::setns(fd.as_raw_fd(), 0) })
+                .map_err(|e| io::Error::new(e.kind(), format!("setns {name}: {e}")))?;
+        }
+    }
+    let pid = unsafe { libc::fork() };
+    if pid == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let e = exec_child(&cfg, req);
+        eprintln!("corral exec: {e}");
+        unsafe {
+            libc::_exit(if e.kind() == io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            })
+        };
+    }
+    let mut status = 0;
+    loop {
+        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+            break;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    })
+}
+
+fn exec_child(cfg: &ContainerConfig, req: &ExecRequest) -> io::Error {
+    if req.tty {
+        unsafe {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+        }
+    }
+    if cfg.isolated {
+        let cwd = cfg.spec.cwd.as_deref().unwrap_or("/");
+        if std::env::set_current_dir(cwd).is_err() {
+            let _ = std::env::set_current_dir("/");
+        }
+        if let Err(e) = init::drop_privileges(cfg) {
+            return e;
+        }
+    } else if let Some(cwd) = &cfg.spec.cwd {
+        let _ = std::env::set_current_dir(cwd);
+    }
+    // The session dies with its helper, which the agent kills to end it. (Set after the
+    // credential change, which would clear it.)
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+    init::exec(&req.argv, &init::environment(cfg))
+}
