@@ -168,7 +168,16 @@ pub(crate) fn unpack<R: Read>(
                 } else {
                     libc::S_IFBLK
                 };
-                sys::mknod(&target, fmt, mode, major, minor).at(&target)?;
+                match sys::mknod(&target, fmt, mode, major, minor) {
+                    Ok(()) => {}
+                    // Root in a user namespace may not create devices; like rootless
+                    // docker, go on without the node (the runtime mounts /dev anyway).
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                        tracing::warn!(layer, path = ?rel, "cannot create device node: {e}");
+                        continue;
+                    }
+                    Err(e) => return Err(e).at(&target),
+                }
                 chown(&target, uid, gid, opts)?;
                 fs::set_permissions(&target, fs::Permissions::from_mode(mode)).at(&target)?;
             }

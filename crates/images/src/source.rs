@@ -160,7 +160,8 @@ fn index_tar(path: &Path) -> io::Result<HashMap<String, TarItem>> {
     let f = File::open(path)?;
     let mut archive = tar::Archive::new(BufReader::new(f));
     let mut items = HashMap::new();
-    for entry in archive.entries()? {
+    // Seeking over file data: indexing reads headers only.
+    for entry in archive.entries_with_seek()? {
         let entry = entry?;
         let name = entry.path()?.to_string_lossy().into_owned();
         let Some(name) = normalize(&name) else {

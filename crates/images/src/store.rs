@@ -550,6 +550,7 @@ impl ImageStore {
                 // Renamed away first, so a crash mid-delete leaves no partial layer
                 // under layers/ (tmp/ is emptied on the next open).
                 let doomed = tmp.join(format!("gc-{name}"));
+                sys::remove_any(&doomed).at(&doomed)?;
                 fs::rename(e.path(), &doomed).at(e.path())?;
                 sys::remove_tree(&doomed).at(&doomed)?;
                 stats.layers_removed += 1;
