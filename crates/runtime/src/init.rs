@@ -106,7 +106,9 @@ pub(crate) struct ChildIo {
     pub stdin: i32,
     pub stdout: i32,
     pub stderr: i32,
-    pub tty: bool,
+    /// With a terminal: the socket to send its master side to the shim over. The terminal
+    /// is made inside the container (its own devpts), so `tty` and `ttyname` work there.
+    pub tty_socket: Option<i32>,
 }
 
 /// Sets up the container and execs its process; returns only the error that stopped it.
@@ -120,6 +122,9 @@ pub(crate) fn start(cfg: &ContainerConfig, stdio: ChildIo) -> io::Error {
 fn setup(cfg: &ContainerConfig, stdio: ChildIo) -> io::Result<()> {
     install_stdio(&stdio)?;
     if !cfg.isolated {
+        if let Some(sock) = stdio.tty_socket {
+            attach_tty(sock)?;
+        }
         let cwd = cfg.spec.cwd.as_deref().unwrap_or("/");
         if std::env::set_current_dir(cwd).is_err() {
             std::env::set_current_dir("/")?;
@@ -147,7 +152,7 @@ fn setup(cfg: &ContainerConfig, stdio: ChildIo) -> io::Result<()> {
     )?;
     let root = cfg.bundle.join(ROOTFS);
     mount_rootfs(cfg, &root)?;
-    mount_system(&root, stdio.tty)?;
+    mount_system(&root)?;
     for m in &cfg.mounts {
         bind(&root, &m.source, &m.destination, m.readonly)?;
     }
@@ -155,6 +160,9 @@ fn setup(cfg: &ContainerConfig, stdio: ChildIo) -> io::Result<()> {
     cvt(unsafe { libc::sethostname(host.as_ptr(), cfg.hostname.len()) })
         .map_err(|e| err("sethostname", e))?;
     pivot_root(&root)?;
+    if let Some(sock) = stdio.tty_socket {
+        attach_tty(sock)?;
+    }
     if cfg.spec.readonly_rootfs {
         mount(
             None,
@@ -172,16 +180,30 @@ fn setup(cfg: &ContainerConfig, stdio: ChildIo) -> io::Result<()> {
 }
 
 fn install_stdio(stdio: &ChildIo) -> io::Result<()> {
-    for (from, to) in [(stdio.stdin, 0), (stdio.stdout, 1), (stdio.stderr, 2)] {
-        if from != to {
-            cvt(unsafe { libc::dup2(from, to) })?;
+    if stdio.tty_socket.is_none() {
+        for (from, to) in [(stdio.stdin, 0), (stdio.stdout, 1), (stdio.stderr, 2)] {
+            if from != to {
+                cvt(unsafe { libc::dup2(from, to) })?;
+            }
         }
     }
-    // Its own session: no signals from the shim's, and a controlling terminal when asked.
+    // Its own session: no signals from the shim's, and room for a controlling terminal.
     cvt(unsafe { libc::setsid() })?;
-    if stdio.tty {
-        cvt(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) }).map_err(|e| err("TIOCSCTTY", e))?;
+    Ok(())
+}
+
+/// Makes a terminal from the current root's /dev/ptmx, sends its master side over `sock`
+/// and makes the slave side this process's stdio and controlling terminal.
+pub(crate) fn attach_tty(sock: i32) -> io::Result<()> {
+    let (master, slave) = crate::shim::open_pty().map_err(|e| err("open terminal", e))?;
+    use std::os::fd::AsRawFd;
+    sys::send_fd(sock, master.as_raw_fd()).map_err(|e| err("send terminal", e))?;
+    drop(master);
+    for to in 0..3 {
+        cvt(unsafe { libc::dup2(slave.as_raw_fd(), to) })?;
     }
+    drop(slave);
+    cvt(unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) }).map_err(|e| err("TIOCSCTTY", e))?;
     Ok(())
 }
 
@@ -212,7 +234,7 @@ fn mount_rootfs(cfg: &ContainerConfig, root: &Path) -> io::Result<()> {
     }
 }
 
-fn mount_system(root: &Path, _tty: bool) -> io::Result<()> {
+fn mount_system(root: &Path) -> io::Result<()> {
     let nosuid_dev_exec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     let proc_dir = secure_join(root, "/proc");
     std::fs::create_dir_all(&proc_dir)?;

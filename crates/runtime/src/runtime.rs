@@ -356,14 +356,26 @@ impl Runtime {
             .arg(&dir)
             .arg(req)
             .kill_on_drop(true);
-        let mut pty = None;
+        let mut pty_socket = None;
         if tty {
-            let (master, slave) = crate::shim::open_pty().ctx(|| "open pty".into())?;
-            let dup = |fd: &OwnedFd| fd.try_clone().ctx(|| "dup pty".into());
-            cmd.stdin(Stdio::from(dup(&slave)?))
-                .stdout(Stdio::from(dup(&slave)?))
-                .stderr(Stdio::from(slave));
-            pty = Some(master);
+            // The helper makes the terminal inside the container and sends us its master side.
+            let (ours, theirs) = sys::socketpair().ctx(|| "socketpair".into())?;
+            let fd = theirs.as_raw_fd();
+            cmd.env(crate::shim::EXEC_PTY_FD_ENV, "3")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            unsafe {
+                cmd.pre_exec(move || {
+                    if fd == 3 {
+                        sys::cvt(libc::fcntl(3, libc::F_SETFD, 0))?;
+                    } else {
+                        sys::cvt(libc::dup2(fd, 3))?;
+                    }
+                    Ok(())
+                });
+            }
+            pty_socket = Some((ours, theirs));
         } else {
             cmd.stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -372,11 +384,33 @@ impl Runtime {
         let mut child = cmd
             .spawn()
             .ctx(|| format!("spawn {}", self.inner.cfg.shim_exe.display()))?;
-        drop(cmd); // closes our copies of the terminal's slave side
-        let (pty_file, pty_fd) = match pty {
-            Some(m) => {
-                let io = m.try_clone().ctx(|| "dup pty".into())?;
-                (Some(tokio::fs::File::from_std(fs::File::from(io))), Some(m))
+        drop(cmd);
+        let (pty_file, pty_fd) = match pty_socket {
+            Some((ours, theirs)) => {
+                drop(theirs);
+                let master =
+                    tokio::task::spawn_blocking(move || recv_fd_timeout(&ours, SHIM_START_TIMEOUT))
+                        .await
+                        .map_err(|e| Error::Io {
+                            context: "exec terminal".into(),
+                            source: std::io::Error::other(e.to_string()),
+                        })??;
+                let Some(master) = master else {
+                    let mut msg = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        use tokio::io::AsyncReadExt;
+                        let _ = e.read_to_string(&mut msg).await;
+                    }
+                    return Err(Error::invalid(
+                        "exec",
+                        format!("no terminal from exec helper: {}", msg.trim()),
+                    ));
+                };
+                let io = master.try_clone().ctx(|| "dup pty".into())?;
+                (
+                    Some(tokio::fs::File::from_std(fs::File::from(io))),
+                    Some(master),
+                )
             }
             None => (None, None),
         };
@@ -762,6 +796,23 @@ impl Inner {
             }),
         }
     }
+}
+
+/// Waits (bounded) for a file descriptor on `sock`; None when the peer closed without one.
+fn recv_fd_timeout(sock: &OwnedFd, timeout: Duration) -> Result<Option<OwnedFd>> {
+    let mut p = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let r = unsafe { libc::poll(&mut p, 1, timeout.as_millis() as i32) };
+    if r == 0 {
+        return Err(Error::invalid(
+            "exec",
+            "exec helper sent no terminal in time",
+        ));
+    }
+    sys::recv_fd(sock.as_raw_fd()).ctx(|| "receive terminal".into())
 }
 
 fn read_sync(fd: OwnedFd, timeout: Duration) -> std::result::Result<SyncMsg, String> {

@@ -19,6 +19,7 @@ use crate::state::{self, ContainerConfig, ExitRecord, StateRecord};
 use crate::sys::{self, cvt};
 
 pub(crate) const SYNC_FD_ENV: &str = "CORRAL_SHIM_SYNC_FD";
+pub(crate) const EXEC_PTY_FD_ENV: &str = "CORRAL_EXEC_PTY_FD";
 
 /// What the shim reports on the sync pipe.
 #[derive(Debug, Serialize, Deserialize)]
@@ -116,8 +117,14 @@ struct Stdio {
     /// Kept open by the shim so the container never sees EOF on its stdin FIFO.
     _stdin_keep: Option<File>,
     child_fds: Vec<OwnedFd>,
-    out: OwnedFd,
+    out: Output,
     err: Option<OwnedFd>,
+}
+
+enum Output {
+    Pipe(OwnedFd),
+    /// The socket the container sends its terminal's master side over.
+    Terminal(OwnedFd),
 }
 
 fn open_stdio(cfg: &ContainerConfig) -> io::Result<Stdio> {
@@ -144,21 +151,20 @@ fn open_stdio(cfg: &ContainerConfig) -> io::Result<Stdio> {
         (OwnedFd::from(null), None)
     };
     if cfg.spec.tty {
-        let (master, slave) = open_pty()?;
-        let s = slave.as_raw_fd();
-        let stdin_fd = if cfg.spec.stdin { stdin.as_raw_fd() } else { s };
-        child_fds.push(stdin);
-        child_fds.push(slave);
+        // The container makes the terminal itself and sends us its master side.
+        let (ours, theirs) = sys::socketpair()?;
+        let child = ChildIo {
+            stdin: stdin.as_raw_fd(),
+            stdout: -1,
+            stderr: -1,
+            tty_socket: Some(theirs.as_raw_fd()),
+        };
+        child_fds.extend([stdin, theirs]);
         Ok(Stdio {
-            child: ChildIo {
-                stdin: stdin_fd,
-                stdout: s,
-                stderr: s,
-                tty: true,
-            },
+            child,
             _stdin_keep: stdin_keep,
             child_fds,
-            out: master,
+            out: Output::Terminal(ours),
             err: None,
         })
     } else {
@@ -168,14 +174,14 @@ fn open_stdio(cfg: &ContainerConfig) -> io::Result<Stdio> {
             stdin: stdin.as_raw_fd(),
             stdout: out_w.as_raw_fd(),
             stderr: err_w.as_raw_fd(),
-            tty: false,
+            tty_socket: None,
         };
         child_fds.extend([stdin, out_w, err_w]);
         Ok(Stdio {
             child,
             _stdin_keep: stdin_keep,
             child_fds,
-            out: out_r,
+            out: Output::Pipe(out_r),
             err: Some(err_r),
         })
     }
@@ -245,6 +251,11 @@ fn supervise(bundle: &Path, sync: &mut Option<File>) -> io::Result<()> {
     let ticks = sys::proc_start_ticks(pid).unwrap_or(0);
     drop(err_w);
     drop(stdio.child_fds);
+    let out = match stdio.out {
+        Output::Pipe(fd) => Some(fd),
+        // None: the child failed before making its terminal; err_r says why.
+        Output::Terminal(sock) => sys::recv_fd(sock.as_raw_fd())?,
+    };
     let mut failure = String::new();
     File::from(err_r).read_to_string(&mut failure)?;
     if !failure.is_empty() {
@@ -252,6 +263,7 @@ fn supervise(bundle: &Path, sync: &mut Option<File>) -> io::Result<()> {
         unsafe { libc::waitpid(pid, &mut status, 0) };
         return Err(io::Error::other(failure));
     }
+    let out = out.ok_or_else(|| io::Error::other("container sent no terminal"))?;
     let me = std::process::id() as i32;
     let record = StateRecord {
         pid,
@@ -264,7 +276,7 @@ fn supervise(bundle: &Path, sync: &mut Option<File>) -> io::Result<()> {
         .map_err(|e| io::Error::other(e.to_string()))?;
     report(sync, &SyncMsg::Pid(pid));
 
-    let status = copy_output(pid, stdio.out, stdio.err, &mut log)?;
+    let status = copy_output(pid, out, stdio.err, &mut log)?;
     let oom_killed = cfg.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
     let exit = ExitRecord {
         code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
@@ -438,10 +450,19 @@ fn exec_inner(bundle: &Path, req: &ExecRequest) -> io::Result<i32> {
 
 fn exec_child(cfg: &ContainerConfig, req: &ExecRequest) -> io::Error {
     if req.tty {
-        unsafe {
-            libc::setsid();
-            libc::ioctl(0, libc::TIOCSCTTY, 0);
+        // The terminal comes from the container's devpts (we are in its mount namespace);
+        // its master side goes back to the agent over the socket it gave us.
+        let Some(sock) = std::env::var(EXEC_PTY_FD_ENV)
+            .ok()
+            .and_then(|v| v.parse::<RawFd>().ok())
+        else {
+            return io::Error::other("tty requested without a terminal socket");
+        };
+        unsafe { libc::setsid() };
+        if let Err(e) = init::attach_tty(sock) {
+            return e;
         }
+        unsafe { libc::close(sock) };
     }
     if cfg.isolated {
         let cwd = cfg.spec.cwd.as_deref().unwrap_or("/");
