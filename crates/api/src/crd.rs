@@ -15,7 +15,43 @@ fn is_crd(res: &Resource) -> bool {
     res.group == "apiextensions.k8s.io" && res.plural == "customresourcedefinitions"
 }
 
-/// The resources a CRD defines, one per served version.
+/// Kubernetes' order of API versions: GA before beta before alpha, higher numbers first, then
+/// anything else by name. Discovery lists a CRD's versions in this order and its first is the
+/// group's preferred version (`v1beta1` over `v1alpha3` for Istio's networking group), which
+/// is the version kubectl reads and explains.
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    // (major, stability: 2 GA / 1 beta / 0 alpha, minor), None when not kube-like.
+    fn parse(v: &str) -> Option<(u64, u8, u64)> {
+        let rest = v.strip_prefix('v')?;
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let major: u64 = rest[..digits].parse().ok()?;
+        let tail = &rest[digits..];
+        if tail.is_empty() {
+            return Some((major, 2, 0));
+        }
+        let (stability, num) = if let Some(n) = tail.strip_prefix("beta") {
+            (1, n)
+        } else if let Some(n) = tail.strip_prefix("alpha") {
+            (0, n)
+        } else {
+            return None;
+        };
+        if num.is_empty() || !num.chars().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        Some((major, stability, num.parse().ok()?))
+    }
+    match (parse(a), parse(b)) {
+        (Some((ma, sa, na)), Some((mb, sb, nb))) => sb.cmp(&sa).then(mb.cmp(&ma)).then(nb.cmp(&na)),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => a.cmp(b),
+    }
+}
+
+/// The resources a CRD defines, one per served version, in Kubernetes' version order.
 pub fn resources_of(crd: &Value) -> Vec<Resource> {
     let spec = &crd["spec"];
     let names = &spec["names"];
@@ -38,7 +74,7 @@ pub fn resources_of(crd: &Value) -> Vec<Resource> {
             .filter_map(|s| s.as_str().map(String::from))
             .collect()
     };
-    spec["versions"]
+    let mut out: Vec<Resource> = spec["versions"]
         .as_array()
         .into_iter()
         .flatten()
@@ -94,7 +130,9 @@ pub fn resources_of(crd: &Value) -> Vec<Resource> {
                 })),
             }
         })
-        .collect()
+        .collect();
+    out.sort_by(|a, b| compare_versions(&a.version, &b.version));
+    out
 }
 
 /// Rules a CRD must satisfy beyond its schema.
@@ -332,5 +370,67 @@ pub async fn run_sync(st: Shared, mut stop: tokio::sync::watch::Receiver<bool>) 
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_in_kubernetes_order() {
+        let mut vs = vec![
+            "v1alpha3",
+            "v1beta1",
+            "foo",
+            "v2",
+            "v1",
+            "v11alpha2",
+            "v10beta3",
+            "v3beta1",
+            "bar",
+            "v1alpha1",
+        ];
+        vs.sort_by(|a, b| compare_versions(a, b));
+        // The order upstream documents for CRD versions.
+        assert_eq!(
+            vs,
+            vec![
+                "v2",
+                "v1",
+                "v10beta3",
+                "v3beta1",
+                "v1beta1",
+                "v11alpha2",
+                "v1alpha3",
+                "v1alpha1",
+                "bar",
+                "foo"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_crd_serves_its_versions_preferred_first() {
+        // Istio's DestinationRule lists v1alpha3 (storage) before v1beta1; discovery's first
+        // version, the group's preferred one, must be v1beta1.
+        let schema = json!({"openAPIV3Schema": {"type": "object"}});
+        let crd = json!({
+            "metadata": {"name": "destinationrules.networking.istio.io"},
+            "spec": {
+                "group": "networking.istio.io",
+                "scope": "Namespaced",
+                "names": {"plural": "destinationrules", "kind": "DestinationRule"},
+                "versions": [
+                    {"name": "v1alpha3", "served": true, "storage": true, "schema": schema},
+                    {"name": "v1beta1", "served": true, "storage": false, "schema": schema},
+                    {"name": "v1alpha2", "served": false, "storage": false, "schema": schema},
+                ],
+            },
+        });
+        let rs = resources_of(&crd);
+        let versions: Vec<&str> = rs.iter().map(|r| r.version.as_str()).collect();
+        assert_eq!(versions, vec!["v1beta1", "v1alpha3"]);
+        assert!(rs.iter().all(|r| r.storage_version == "v1alpha3"));
     }
 }

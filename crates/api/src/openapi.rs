@@ -346,12 +346,21 @@ fn add_paths(paths: &mut Map<String, Value>, r: &Resource, def: &str) {
         ]
     };
     let body = json!({"content": {"*/*": {"schema": obj_ref.clone()}}, "required": true});
-    let patch_body = json!({"content": {
-        "application/apply-patch+yaml": {"schema": {"type": "object"}},
-        "application/json-patch+json": {"schema": {"type": "object"}},
-        "application/merge-patch+json": {"schema": {"type": "object"}},
-        "application/strategic-merge-patch+json": {"schema": {"type": "object"}}
-    }, "required": true});
+    let mut patch_types = vec![
+        "application/apply-patch+yaml",
+        "application/json-patch+json",
+        "application/merge-patch+json",
+    ];
+    // Custom resources take no strategic merge patch, and kubectl reads this list: with it,
+    // `kubectl apply` on an existing custom resource sends one and gets 415.
+    if r.crd.is_none() {
+        patch_types.push("application/strategic-merge-patch+json");
+    }
+    let patch_content: Map<String, Value> = patch_types
+        .into_iter()
+        .map(|t| (t.to_string(), json!({"schema": {"type": "object"}})))
+        .collect();
+    let patch_body = json!({"content": patch_content, "required": true});
     let list_params = vec![
         param("labelSelector", "query", "A selector to restrict the list of returned objects by their labels.", false),
         param("fieldSelector", "query", "A selector to restrict the list of returned objects by their fields.", false),
@@ -429,4 +438,45 @@ fn add_paths(paths: &mut Map<String, Value>, r: &Resource, def: &str) {
         ),
     );
     paths.insert(item, Value::Object(it));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn custom_resources_offer_no_strategic_merge_patch() {
+        let crd = json!({
+            "metadata": {"name": "virtualservices.networking.istio.io"},
+            "spec": {
+                "group": "networking.istio.io",
+                "scope": "Namespaced",
+                "names": {"plural": "virtualservices", "kind": "VirtualService"},
+                "versions": [{"name": "v1beta1", "served": true, "storage": true,
+                              "schema": {"openAPIV3Schema": {"type": "object"}}}],
+            },
+        });
+        let rs = crate::crd::resources_of(&crd);
+        let doc = build_gv_doc(&Map::new(), &rs);
+        let path =
+            "/apis/networking.istio.io/v1beta1/namespaces/{namespace}/virtualservices/{name}";
+        let content = doc["paths"][path]["patch"]["requestBody"]["content"]
+            .as_object()
+            .expect("a PATCH operation");
+        let mut types: Vec<&str> = content.keys().map(String::as_str).collect();
+        types.sort();
+        assert_eq!(
+            types,
+            vec![
+                "application/apply-patch+yaml",
+                "application/json-patch+json",
+                "application/merge-patch+json"
+            ]
+        );
+        assert_eq!(
+            doc["components"]["schemas"]["io.istio.networking.v1beta1.VirtualService"]
+                ["x-kubernetes-group-version-kind"][0]["kind"],
+            "VirtualService"
+        );
+    }
 }

@@ -47,7 +47,11 @@ pub fn validate_meta(res: &Resource, obj: &Value, causes: &mut Vec<Cause>) {
         for (i, f) in fins.iter().enumerate() {
             let s = f.as_str().unwrap_or("");
             let errs = names::qualified_name_errors(s);
-            if !errs.is_empty() || (!s.contains('/') && !is_standard_finalizer(s)) {
+            // Only built-in kinds (core's ObjectMeta rules) insist on a '/': custom resources
+            // get apimachinery's qualified-name check alone, and Argo CD's Applications carry
+            // `resources-finalizer.argocd.argoproj.io`.
+            let kube_rule = !res.is_custom() && !s.contains('/') && !is_standard_finalizer(s);
+            if !errs.is_empty() || kube_rule {
                 let detail = errs.into_iter().next().unwrap_or_else(|| {
                     "name is neither a standard finalizer name nor is it fully qualified".into()
                 });
@@ -86,4 +90,44 @@ pub fn validate(res: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Cause> 
         kinds::validate_kind(res, obj, old, &mut causes);
     }
     causes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn finalizer_causes(res: &Resource, finalizer: &str) -> Vec<Cause> {
+        let obj =
+            json!({"metadata": {"name": "x", "namespace": "default", "finalizers": [finalizer]}});
+        let mut causes = Vec::new();
+        validate_meta(res, &obj, &mut causes);
+        causes
+    }
+
+    #[test]
+    fn unqualified_finalizers_are_refused_on_built_ins_only() {
+        let cm = crate::registry::Registry::default()
+            .lookup("", "v1", "configmaps")
+            .expect("configmaps are built in");
+        let app = crate::crd::resources_of(&json!({
+            "metadata": {"name": "applications.argoproj.io"},
+            "spec": {
+                "group": "argoproj.io",
+                "scope": "Namespaced",
+                "names": {"plural": "applications", "kind": "Application"},
+                "versions": [{"name": "v1alpha1", "served": true, "storage": true,
+                              "schema": {"openAPIV3Schema": {"type": "object"}}}],
+            },
+        }))
+        .remove(0);
+        let argo = "resources-finalizer.argocd.argoproj.io";
+        assert!(finalizer_causes(&app, argo).is_empty());
+        let c = finalizer_causes(&cm, argo);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].field, "metadata.finalizers[0]");
+        assert!(finalizer_causes(&cm, "example.com/cleanup").is_empty());
+        // Both still need a qualified name.
+        assert_eq!(finalizer_causes(&app, "bad name!").len(), 1);
+    }
 }

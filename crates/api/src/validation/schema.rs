@@ -22,7 +22,10 @@ impl<'a> Defs<'a> {
                 .get("allOf")
                 .and_then(Value::as_array)
                 .and_then(|a| a.first())
+                .filter(|f| f.get("$ref").is_some())
             {
+                // k8s-openapi wraps a described `$ref` as `allOf: [{$ref}]`. Any other allOf
+                // (a CRD's) holds value validations beside the schema's own properties.
                 s = first;
             } else {
                 return s;
@@ -123,6 +126,7 @@ fn walk_inner(
             }
         }
         constraints(value, schema, path, f);
+        composition(value, schema, defs, path, f);
     }
     match value {
         Value::Object(map) => {
@@ -143,6 +147,11 @@ fn walk_inner(
             if opts.check_values {
                 if let Some(req) = schema.get("required").and_then(Value::as_array) {
                     for r in req.iter().filter_map(Value::as_str) {
+                        // The caller holds these aside at the root and checks them itself
+                        // (Argo CD's Application requires `metadata`).
+                        if path.is_empty() && matches!(r, "apiVersion" | "kind" | "metadata") {
+                            continue;
+                        }
                         if !map.contains_key(r) || map[r].is_null() {
                             f.causes.push(Cause::required(join(path, r)));
                         }
@@ -179,6 +188,70 @@ fn walk_inner(
             }
         }
         _ => {}
+    }
+}
+
+/// Whether `value` satisfies `schema`'s value validations (no pruning, defaults or
+/// unknown-field findings: a branch of oneOf/anyOf/not names only the fields it is about).
+fn satisfies(value: &Value, schema: &Value, defs: &Defs, path: &str) -> bool {
+    let mut v = value.clone();
+    let mut f = Findings::default();
+    let opts = Options {
+        check_values: true,
+        prune: false,
+        defaults: false,
+    };
+    walk_inner(&mut v, schema, defs, &opts, path, &mut f);
+    f.causes.is_empty()
+}
+
+/// allOf, oneOf, anyOf and not: in a structural schema they carry value validations only
+/// (Istio says with them that a load balancer is `simple` or `consistentHash`, not both).
+fn composition(value: &Value, schema: &Value, defs: &Defs, path: &str, f: &mut Findings) {
+    let shown = Value::String(type_name(value).to_string());
+    let branches = |key: &str| schema.get(key).and_then(Value::as_array);
+    if let Some(all) = branches("allOf") {
+        for s in all.iter().filter(|s| s.get("$ref").is_none()) {
+            if !satisfies(value, s, defs, path) {
+                f.causes.push(Cause::invalid(
+                    path,
+                    &shown,
+                    format!("{path} in body must validate all the schemas (allOf)"),
+                ));
+                break;
+            }
+        }
+    }
+    if let Some(one) = branches("oneOf") {
+        let n = one
+            .iter()
+            .filter(|s| satisfies(value, s, defs, path))
+            .count();
+        if n != 1 {
+            f.causes.push(Cause::invalid(
+                path,
+                &shown,
+                format!("{path} in body must validate one and only one schema (oneOf)"),
+            ));
+        }
+    }
+    if let Some(any) = branches("anyOf") {
+        if !any.iter().any(|s| satisfies(value, s, defs, path)) {
+            f.causes.push(Cause::invalid(
+                path,
+                &shown,
+                format!("{path} in body must validate at least one schema (anyOf)"),
+            ));
+        }
+    }
+    if let Some(not) = schema.get("not") {
+        if satisfies(value, not, defs, path) {
+            f.causes.push(Cause::invalid(
+                path,
+                &shown,
+                format!("{path} in body must not validate the schema (not)"),
+            ));
+        }
     }
 }
 
@@ -309,5 +382,142 @@ fn format_ok(fmt: &str, s: &str) -> bool {
             base64::engine::general_purpose::STANDARD.decode(s).is_ok()
         }
         _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(mut v: Value, schema: &Value) -> Findings {
+        let opts = Options {
+            check_values: true,
+            prune: true,
+            defaults: true,
+        };
+        walk(&mut v, schema, &Defs(None), &opts)
+    }
+
+    fn fields(f: &Findings) -> Vec<(&str, &str)> {
+        f.causes
+            .iter()
+            .map(|c| (c.field.as_str(), c.message.as_str()))
+            .collect()
+    }
+
+    /// Istio's DestinationRule load balancer, as its CRD declares it.
+    fn load_balancer() -> Value {
+        json!({"type": "object", "properties": {"lb": {
+            "type": "object",
+            "oneOf": [
+                {"not": {"anyOf": [{"required": ["simple"]}, {"required": ["consistentHash"]}]}},
+                {"required": ["simple"]},
+                {"required": ["consistentHash"]}
+            ],
+            "properties": {
+                "simple": {"type": "string", "enum": ["ROUND_ROBIN", "LEAST_REQUEST"]},
+                "consistentHash": {
+                    "type": "object",
+                    "allOf": [{"oneOf": [
+                        {"not": {"anyOf": [{"required": ["httpHeaderName"]}, {"required": ["useSourceIp"]}]}},
+                        {"required": ["httpHeaderName"]},
+                        {"required": ["useSourceIp"]}
+                    ]}],
+                    "properties": {
+                        "httpHeaderName": {"type": "string"},
+                        "useSourceIp": {"type": "boolean"},
+                        "minimumRingSize": {"type": "integer", "default": 1024}
+                    }
+                }
+            }
+        }}})
+    }
+
+    #[test]
+    fn one_of_allows_exactly_one_branch() {
+        let s = load_balancer();
+        assert!(check(json!({"lb": {}}), &s).causes.is_empty());
+        assert!(check(json!({"lb": {"simple": "ROUND_ROBIN"}}), &s)
+            .causes
+            .is_empty());
+        let f = check(
+            json!({"lb": {"simple": "ROUND_ROBIN", "consistentHash": {"useSourceIp": true}}}),
+            &s,
+        );
+        assert_eq!(
+            fields(&f),
+            vec![(
+                "lb",
+                "Invalid value: \"object\": lb in body must validate one and only one schema (oneOf)"
+            )]
+        );
+    }
+
+    #[test]
+    fn all_of_beside_properties_keeps_the_properties() {
+        let s = load_balancer();
+        // Before, the walker replaced the schema by allOf[0] and saw no properties here:
+        // no type check, no default, no unknown field.
+        let mut v = json!({"lb": {"consistentHash": {"httpHeaderName": "x-user", "extra": 1}}});
+        let opts = Options {
+            check_values: true,
+            prune: true,
+            defaults: true,
+        };
+        let f = walk(&mut v, &s, &Defs(None), &opts);
+        assert!(f.causes.is_empty(), "{:?}", fields(&f));
+        assert_eq!(f.unknown, vec!["lb.consistentHash.extra"]);
+        assert_eq!(
+            v,
+            json!({"lb": {"consistentHash": {"httpHeaderName": "x-user", "minimumRingSize": 1024}}})
+        );
+        let f = check(json!({"lb": {"consistentHash": {"httpHeaderName": 7}}}), &s);
+        assert!(fields(&f)
+            .iter()
+            .any(|(p, m)| *p == "lb.consistentHash.httpHeaderName" && m.contains("string")));
+        let f = check(
+            json!({"lb": {"consistentHash": {"httpHeaderName": "a", "useSourceIp": true}}}),
+            &s,
+        );
+        assert!(fields(&f)
+            .iter()
+            .any(|(p, m)| *p == "lb.consistentHash" && m.contains("allOf")));
+    }
+
+    #[test]
+    fn any_of_and_not() {
+        let s = json!({"type": "object", "properties": {"x": {
+            "type": "object",
+            "anyOf": [{"required": ["a"]}, {"required": ["b"]}],
+            "not": {"required": ["c"]},
+            "properties": {"a": {"type": "string"}, "b": {"type": "string"}, "c": {"type": "string"}}
+        }}});
+        assert!(check(json!({"x": {"a": "1"}}), &s).causes.is_empty());
+        let f = check(json!({"x": {}}), &s);
+        assert!(f.causes[0].message.contains("at least one schema (anyOf)"));
+        let f = check(json!({"x": {"b": "1", "c": "2"}}), &s);
+        assert_eq!(f.causes.len(), 1);
+        assert!(f.causes[0]
+            .message
+            .contains("must not validate the schema (not)"));
+    }
+
+    #[test]
+    fn root_required_metadata_is_left_to_the_caller() {
+        // Argo CD's Application: `required: [metadata, spec]` at the root, while the caller
+        // walks the object with apiVersion, kind and metadata held aside.
+        let s = json!({"type": "object", "required": ["metadata", "spec"], "properties": {
+            "metadata": {"type": "object"},
+            "spec": {"type": "object", "required": ["project"], "properties": {"project": {"type": "string"}}}
+        }});
+        assert!(check(json!({"spec": {"project": "default"}}), &s)
+            .causes
+            .is_empty());
+        let f = check(json!({}), &s);
+        assert_eq!(f.causes.len(), 1);
+        assert_eq!(f.causes[0].field, "spec");
+        let f = check(json!({"spec": {}}), &s);
+        assert_eq!(f.causes[0].field, "spec.project");
     }
 }
