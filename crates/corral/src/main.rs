@@ -51,6 +51,25 @@ struct ServerArgs {
     /// How many revisions of history the store keeps for watches (with etcd: compacts it to).
     #[arg(long, default_value_t = 10_000)]
     history_revisions: u64,
+    /// Serve the API only: no controllers (Deployments then create no ReplicaSets).
+    #[arg(long)]
+    disable_controllers: bool,
+}
+
+/// A Kubernetes client wired straight to the API router: no socket, no TLS, but the same
+/// handlers, validation and admission as any remote request (DESIGN.md). The layer in
+/// front gives its requests the identity of the control plane.
+fn in_process_client(router: axum::Router) -> kube::Client {
+    let svc = tower::ServiceBuilder::new()
+        .map_request(|mut req: axum::http::Request<kube::client::Body>| {
+            req.extensions_mut().insert(corral_api::Identity {
+                user: "system:corral-controller-manager".into(),
+                groups: vec!["system:masters".into(), "system:authenticated".into()],
+            });
+            req
+        })
+        .service(router);
+    kube::Client::new(svc, "default")
 }
 
 fn main() -> Result<()> {
@@ -131,6 +150,13 @@ async fn server(args: ServerArgs) -> Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("starting the API: {e}"))?;
     let router = corral_api::router(state);
+    let client = in_process_client(router.clone());
+    let controllers = (!args.disable_controllers).then(|| {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(corral_controllers::run(client.clone(), async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }))
+    });
     let tls = serve::tls_config(&serve::TlsFiles {
         ca_pem: &pki.ca_pem,
         cert_pem: &pki.server_cert_pem,
@@ -156,6 +182,9 @@ async fn server(args: ServerArgs) -> Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+    if let Some(c) = controllers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), c).await;
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -1,0 +1,107 @@
+//! corral's controllers: level-triggered reconcilers that are clients of the Kubernetes
+//! API and nothing else, so each could run against any API server. Each reads desired
+//! state and actual state from shared informers, takes one step toward the former and
+//! writes status; none trusts that it saw every event.
+
+pub mod deployment;
+pub mod events;
+pub mod expectations;
+pub mod informer;
+pub mod podutil;
+pub mod queue;
+pub mod replicaset;
+pub mod selector;
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, Client};
+use std::future::Future;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("API request failed: {0}")]
+    Api(#[from] kube::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The informers every controller shares: one watch per kind for the whole server.
+#[derive(Clone)]
+pub struct Informers {
+    pub pods: informer::Informer<Pod>,
+    pub replicasets: informer::Informer<ReplicaSet>,
+    pub deployments: informer::Informer<Deployment>,
+}
+
+impl Informers {
+    fn new() -> Informers {
+        Informers {
+            pods: informer::Informer::new("Pod"),
+            replicasets: informer::Informer::new("ReplicaSet"),
+            deployments: informer::Informer::new("Deployment"),
+        }
+    }
+}
+
+/// Runs every controller until `shutdown` resolves.
+pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + 'static) {
+    let informers = Informers::new();
+    let recorder = events::Recorder::new(client.clone(), "deployment-controller");
+    let rs = Arc::new(replicaset::Controller::new(
+        client.clone(),
+        informers.clone(),
+        recorder.with_component("replicaset-controller"),
+    ));
+    let deploy = Arc::new(deployment::Controller::new(
+        client.clone(),
+        informers.clone(),
+        recorder,
+    ));
+    let rs_queue = rs.register();
+    let deploy_queue = deploy.register();
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut tasks = vec![
+        informers.pods.start(Api::all(client.clone()), stopped()),
+        informers
+            .replicasets
+            .start(Api::all(client.clone()), stopped()),
+        informers
+            .deployments
+            .start(Api::all(client.clone()), stopped()),
+    ];
+    // Reconcile only from a full cache, or a controller would act on a partial view.
+    informers.pods.synced().await;
+    informers.replicasets.synced().await;
+    informers.deployments.synced().await;
+    tracing::info!("controllers started");
+    {
+        let rs = rs.clone();
+        tasks.push(tokio::spawn(rs_queue.clone().run(4, move |k| {
+            let rs = rs.clone();
+            async move { rs.reconcile(k).await }
+        })));
+    }
+    {
+        let d = deploy.clone();
+        tasks.push(tokio::spawn(deploy_queue.clone().run(4, move |k| {
+            let d = d.clone();
+            async move { d.reconcile(k).await }
+        })));
+    }
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    rs_queue.shutdown();
+    deploy_queue.shutdown();
+    for t in tasks {
+        let _ = t.await;
+    }
+    tracing::info!("controllers stopped");
+}
