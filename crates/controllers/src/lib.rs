@@ -6,6 +6,7 @@
 pub mod deployment;
 pub mod events;
 pub mod expectations;
+pub mod gc;
 pub mod informer;
 pub mod podutil;
 pub mod queue;
@@ -58,6 +59,8 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + 'st
         informers.clone(),
         recorder,
     ));
+    let gc = gc::GarbageCollector::new(client.clone());
+    let gc_queue = gc.queue();
     let rs_queue = rs.register();
     let deploy_queue = deploy.register();
 
@@ -96,8 +99,19 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + 'st
             async move { d.reconcile(k).await }
         })));
     }
+    tasks.push(tokio::spawn(
+        gc.clone().watch_resources(stop_tx.subscribe()),
+    ));
+    {
+        let gc = gc.clone();
+        tasks.push(tokio::spawn(gc_queue.clone().run(2, move |k| {
+            let gc = gc.clone();
+            async move { gc.reconcile(k).await }
+        })));
+    }
     shutdown.await;
     let _ = stop_tx.send(true);
+    gc_queue.shutdown();
     rs_queue.shutdown();
     deploy_queue.shutdown();
     for t in tasks {

@@ -54,6 +54,9 @@ struct ServerArgs {
     /// Serve the API only: no controllers (Deployments then create no ReplicaSets).
     #[arg(long)]
     disable_controllers: bool,
+    /// Do not run the scheduler (pods then stay Pending unless they name a node).
+    #[arg(long)]
+    disable_scheduler: bool,
 }
 
 /// A Kubernetes client wired straight to the API router: no socket, no TLS, but the same
@@ -151,6 +154,21 @@ async fn server(args: ServerArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("starting the API: {e}"))?;
     let router = corral_api::router(state);
     let client = in_process_client(router.clone());
+    let scheduler = (!args.disable_scheduler).then(|| {
+        let mut rx = stop_rx.clone();
+        let client = client.clone();
+        tokio::spawn(async move {
+            let stop = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            if let Err(e) =
+                corral_scheduler::run(client, corral_scheduler::SchedulerConfig::default(), stop)
+                    .await
+            {
+                tracing::error!(error = %e, "scheduler stopped");
+            }
+        })
+    });
     let controllers = (!args.disable_controllers).then(|| {
         let mut rx = stop_rx.clone();
         tokio::spawn(corral_controllers::run(client.clone(), async move {
@@ -182,8 +200,8 @@ async fn server(args: ServerArgs) -> Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
-    if let Some(c) = controllers {
-        let _ = tokio::time::timeout(Duration::from_secs(5), c).await;
+    for task in [controllers, scheduler].into_iter().flatten() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     store.close().await;
     tracing::info!("stopped");

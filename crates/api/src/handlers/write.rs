@@ -347,6 +347,20 @@ where
                 }
             }
         }
+        // A uid in the body is a precondition (Kubernetes: 409 when it names another
+        // incarnation of the object), never a change.
+        if let (Some(want), Some(have)) = (
+            new["metadata"]["uid"].as_str().filter(|u| !u.is_empty()),
+            current["metadata"]["uid"].as_str(),
+        ) {
+            if want != have {
+                return Err(ApiError::conflict(
+                    &res.qualified(),
+                    name,
+                    &format!("Precondition failed: UID in precondition: {want}, UID in object meta: {have}"),
+                ));
+            }
+        }
         objects::carry_meta(res, &current, &mut new);
         if res.group.is_empty() && res.plural == "services" {
             carry_service_allocations(&current, &mut new);
@@ -606,7 +620,19 @@ pub async fn delete_object(
             }
         }
         let is_ns = res.group.is_empty() && res.plural == "namespaces";
-        let has_finalizers = !finalizers_empty(res, &current);
+        // Orphan and Foreground are carried out by the garbage collector, which the
+        // finalizer tells what to do before the object may go (as in Kubernetes).
+        let gc_finalizer = match opts.propagation.as_deref() {
+            Some("Orphan") if !is_ns => Some("orphan"),
+            Some("Foreground") if !is_ns => Some("foregroundDeletion"),
+            _ => None,
+        };
+        let add_finalizer = gc_finalizer.filter(|f| {
+            !current["metadata"]["finalizers"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == f))
+        });
+        let has_finalizers = !finalizers_empty(res, &current) || add_finalizer.is_some();
         let graceful_pod = res.group.is_empty()
             && res.plural == "pods"
             && current["spec"]["nodeName"]
@@ -617,22 +643,33 @@ pub async fn delete_object(
                 .as_str()
                 .is_none_or(|p| p != "Succeeded" && p != "Failed");
         if has_finalizers || is_ns || graceful_pod {
-            if !current["metadata"]["deletionTimestamp"].is_null() {
+            let already = !current["metadata"]["deletionTimestamp"].is_null();
+            if already && add_finalizer.is_none() {
                 return Ok((current, 202));
             }
             let mut new = current.clone();
-            new["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
-            let grace = if graceful_pod {
-                opts.grace
-                    .or_else(|| current["spec"]["terminationGracePeriodSeconds"].as_i64())
-                    .unwrap_or(30)
-            } else {
-                0
-            };
-            new["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-            if objects::tracks_generation(res) {
-                let g = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
-                new["metadata"]["generation"] = json!(g);
+            if let Some(f) = add_finalizer {
+                let mut list = new["metadata"]["finalizers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                list.push(json!(f));
+                new["metadata"]["finalizers"] = Value::Array(list);
+            }
+            if !already {
+                new["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+                let grace = if graceful_pod {
+                    opts.grace
+                        .or_else(|| current["spec"]["terminationGracePeriodSeconds"].as_i64())
+                        .unwrap_or(30)
+                } else {
+                    0
+                };
+                new["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+                if objects::tracks_generation(res) {
+                    let g = current["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
+                    new["metadata"]["generation"] = json!(g);
+                }
             }
             if is_ns {
                 new["status"]["phase"] = json!("Terminating");
