@@ -338,3 +338,17 @@ def test_garbage_collection_background_orphan_foreground(ck, api, cns):
     wait_for(lambda: not apps.list_namespaced_deployment(cns, field_selector="metadata.name=fg").items,
              what="fg deployment gone")
     assert not core.list_namespaced_pod(cns, label_selector="app=fg").items
+
+
+def test_every_namespace_gets_default_serviceaccount_and_root_ca(ck, api, cns, cserver):
+    core = client.CoreV1Api(api)
+    wait_for(lambda: core.read_namespaced_service_account("default", cns), what="default sa")
+    cm = wait_for(lambda: core.list_namespaced_config_map(cns, field_selector="metadata.name=kube-root-ca.crt").items,
+                  what="root ca configmap")[0]
+    assert cm.data["ca.crt"].startswith("-----BEGIN CERTIFICATE-----")
+    # Deleted: put back.
+    core.delete_namespaced_service_account("default", cns)
+    core.delete_namespaced_config_map("kube-root-ca.crt", cns)
+    wait_for(lambda: core.list_namespaced_service_account(cns).items, what="sa recreated")
+    wait_for(lambda: core.list_namespaced_config_map(cns, field_selector="metadata.name=kube-root-ca.crt").items,
+             what="configmap recreated")

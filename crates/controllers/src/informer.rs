@@ -107,18 +107,26 @@ where
         self.inner.handlers.lock().unwrap().push(Box::new(f));
     }
 
-    /// Runs list+watch until `shutdown` resolves.
+    /// Runs list+watch of every object until `shutdown` resolves.
     pub fn start(
         &self,
         api: Api<K>,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> tokio::task::JoinHandle<()> {
+        self.start_with(api, watcher::Config::default(), shutdown)
+    }
+
+    /// Runs list+watch of the objects `cfg` selects until `shutdown` resolves.
+    pub fn start_with(
+        &self,
+        api: Api<K>,
+        cfg: watcher::Config,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let kind = inner.kind;
-            let mut stream = watcher::watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
+            let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
             let mut relist: Option<HashMap<Key, Arc<K>>> = None;
             tokio::pin!(shutdown);
             loop {

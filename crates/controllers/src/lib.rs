@@ -12,9 +12,10 @@ pub mod podutil;
 pub mod queue;
 pub mod replicaset;
 pub mod selector;
+pub mod serviceaccount;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
 use kube::{Api, Client};
 use std::future::Future;
 use std::sync::Arc;
@@ -45,8 +46,19 @@ impl Informers {
     }
 }
 
+/// What the controllers need to know that the API does not tell them.
+#[derive(Clone, Default)]
+pub struct Config {
+    /// The cluster CA (PEM) published in every namespace as kube-root-ca.crt.
+    pub root_ca_pem: Option<String>,
+}
+
 /// Runs every controller until `shutdown` resolves.
-pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + 'static) {
+pub async fn run(
+    client: Client,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let informers = Informers::new();
     let recorder = events::Recorder::new(client.clone(), "deployment-controller");
     let rs = Arc::new(replicaset::Controller::new(
@@ -59,6 +71,41 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + 'st
         informers.clone(),
         recorder,
     ));
+    let namespaces: informer::Informer<Namespace> = informer::Informer::new("Namespace");
+    let accounts: informer::Informer<ServiceAccount> = informer::Informer::new("ServiceAccount");
+    let root_ca: informer::Informer<ConfigMap> = informer::Informer::new("ConfigMap");
+    let sa = Arc::new(serviceaccount::Controller::new(
+        client.clone(),
+        namespaces.clone(),
+        config.root_ca_pem.clone(),
+    ));
+    let sa_queue = queue::Queue::new("serviceaccount");
+    {
+        let q = sa_queue.clone();
+        namespaces.on_change(move |c| {
+            q.add(informer::Key::new(
+                "",
+                kube::ResourceExt::name_any(c.object()),
+            ))
+        });
+        let q = sa_queue.clone();
+        accounts.on_change(move |c| {
+            if let informer::Change::Deleted(a) = c {
+                q.add(informer::Key::new(
+                    "",
+                    a.metadata.namespace.clone().unwrap_or_default(),
+                ));
+            }
+        });
+        let q = sa_queue.clone();
+        root_ca.on_change(move |c| {
+            let cm = c.object();
+            q.add(informer::Key::new(
+                "",
+                cm.metadata.namespace.clone().unwrap_or_default(),
+            ));
+        });
+    }
     let gc = gc::GarbageCollector::new(client.clone());
     let gc_queue = gc.queue();
     let rs_queue = rs.register();
@@ -80,6 +127,16 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + 'st
             .deployments
             .start(Api::all(client.clone()), stopped()),
     ];
+    tasks.push(namespaces.start(Api::all(client.clone()), stopped()));
+    tasks.push(accounts.start(Api::all(client.clone()), stopped()));
+    tasks.push(root_ca.start_with(
+        Api::all(client.clone()),
+        kube::runtime::watcher::Config::default().fields(&format!(
+            "metadata.name={}",
+            serviceaccount::ROOT_CA_CONFIGMAP
+        )),
+        stopped(),
+    ));
     // Reconcile only from a full cache, or a controller would act on a partial view.
     informers.pods.synced().await;
     informers.replicasets.synced().await;
@@ -99,6 +156,14 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + 'st
             async move { d.reconcile(k).await }
         })));
     }
+    namespaces.synced().await;
+    {
+        let sa = sa.clone();
+        tasks.push(tokio::spawn(sa_queue.clone().run(2, move |k| {
+            let sa = sa.clone();
+            async move { sa.reconcile(k).await }
+        })));
+    }
     tasks.push(tokio::spawn(
         gc.clone().watch_resources(stop_tx.subscribe()),
     ));
@@ -112,6 +177,7 @@ pub async fn run(client: Client, shutdown: impl Future<Output = ()> + Send + 'st
     shutdown.await;
     let _ = stop_tx.send(true);
     gc_queue.shutdown();
+    sa_queue.shutdown();
     rs_queue.shutdown();
     deploy_queue.shutdown();
     for t in tasks {

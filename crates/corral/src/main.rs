@@ -171,9 +171,16 @@ async fn server(args: ServerArgs) -> Result<()> {
     });
     let controllers = (!args.disable_controllers).then(|| {
         let mut rx = stop_rx.clone();
-        tokio::spawn(corral_controllers::run(client.clone(), async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }))
+        let config = corral_controllers::Config {
+            root_ca_pem: Some(pki.ca_pem.clone()),
+        };
+        tokio::spawn(corral_controllers::run(
+            client.clone(),
+            config,
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            },
+        ))
     });
     let tls = serve::tls_config(&serve::TlsFiles {
         ca_pem: &pki.ca_pem,
