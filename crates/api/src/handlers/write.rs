@@ -386,17 +386,8 @@ where
             if ctx.dry_run {
                 return Ok((new, warnings, 200));
             }
-            match storage::delete(
-                &st.store,
-                res,
-                ns,
-                name,
-                Compare::ModRevision(kv.mod_revision),
-            )
-            .await?
-            {
+            match delete_at(st, res, ns, name, kv.mod_revision).await? {
                 Some((_, rev)) => {
-                    after_delete(st, res, &new).await;
                     storage::set_resource_version(&mut new, rev);
                     return Ok((new, warnings, 200));
                 }
@@ -694,23 +685,28 @@ pub async fn delete_object(
         if opts.dry_run {
             return Ok((current, 200));
         }
-        match storage::delete(
-            &st.store,
-            res,
-            ns,
-            name,
-            Compare::ModRevision(kv.mod_revision),
-        )
-        .await?
-        {
-            Some((obj, _)) => {
-                after_delete(st, res, &obj).await;
-                return Ok((obj, 200));
-            }
+        match delete_at(st, res, ns, name, kv.mod_revision).await? {
+            Some((obj, _)) => return Ok((obj, 200)),
             None => continue,
         }
     }
     Err(ApiError::modified(&res.qualified(), name))
+}
+
+/// Deletes the object if it is still at `revision` (None: it changed meanwhile) and
+/// releases what it held (service addresses, a CRD's objects).
+async fn delete_at(
+    st: &Shared,
+    res: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    revision: i64,
+) -> ApiResult<Option<(Value, i64)>> {
+    let deleted = storage::delete(&st.store, res, ns, name, Compare::ModRevision(revision)).await?;
+    if let Some((obj, _)) = &deleted {
+        after_delete(st, res, obj).await;
+    }
+    Ok(deleted)
 }
 
 async fn after_delete(st: &Shared, res: &Resource, obj: &Value) {
