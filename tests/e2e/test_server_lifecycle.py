@@ -4,6 +4,8 @@ SIGTERM is a clean exit and kill -9 loses nothing acknowledged."""
 
 import os
 import signal
+import time
+import urllib.request
 import subprocess
 
 from conftest import Kubectl, Server, corral_binary
@@ -62,3 +64,37 @@ def test_datastore_endpoint_without_etcd_support_is_clear():
     out = open(s.log_path, errors="replace").read()
     assert "--datastore-endpoint" in out and "etcd" in out
     s.cleanup()
+
+
+def test_join_tokens_authenticate_until_deleted_and_cacerts_matches(server, kubectl):
+    """`corral token create` makes a bootstrap token Secret; its bearer part authenticates
+    (kubectl --token); the hash in the printed token is the sha256 of /cacerts; deleting
+    the Secret revokes it."""
+    import hashlib
+    import ssl as _ssl
+    import subprocess as sp
+
+    from conftest import corral_binary
+
+    out = sp.run([corral_binary(), "token", "create", "--data-dir", server.data_dir, "--ttl", "1h"],
+                 capture_output=True, text=True, check=True).stdout.strip()
+    assert out.startswith("K10") and "::" in out
+    ca_hash, bearer = out[3:].split("::")
+    ctx = _ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = _ssl.CERT_NONE
+    with urllib.request.urlopen(server.url + "/cacerts", context=ctx) as r:
+        assert hashlib.sha256(r.read()).hexdigest() == ca_hash
+    args = ["--kubeconfig", "/dev/null", "--server", server.url, "--insecure-skip-tls-verify", "--token"]
+    ok = sp.run(["kubectl", *args, bearer, "get", "ns", "default", "-o", "name"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "namespace/default" in ok.stdout, ok.stderr
+    bad = sp.run(["kubectl", *args, bearer[:-1] + "x", "get", "ns"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "Unauthorized" in bad.stderr
+    kubectl("delete", "secret", "-n", "kube-system", "bootstrap-token-" + bearer.split(".")[0])
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        r = sp.run(["kubectl", *args, bearer, "get", "ns"], capture_output=True, text=True)
+        if r.returncode != 0:
+            break
+        time.sleep(0.2)
+    assert "Unauthorized" in r.stderr

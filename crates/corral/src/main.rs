@@ -1,13 +1,16 @@
 //! The `corral` binary: command line, configuration, and the wiring of store, API server and
 //! (in later parts) controllers, scheduler, agent and proxy into one process.
 
+mod join;
 mod pki;
 mod serve;
+mod tokens;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -28,6 +31,53 @@ struct Cli {
 enum Command {
     /// Run the API server (and, in later releases, the rest of the control plane).
     Server(ServerArgs),
+    /// Join tokens for `corral agent` on other machines.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a join token (printed on stdout); needs the server of --data-dir running.
+    Create {
+        #[arg(long, default_value = "./corral-data")]
+        data_dir: PathBuf,
+        /// How long the token works, e.g. 24h, 30m, 3600s (default: until deleted).
+        #[arg(long)]
+        ttl: Option<String>,
+        #[arg(long, default_value = "corral agent join token")]
+        description: String,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().with_context(|| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => bail!("bad duration {s:?}: use a number with s, m, h or d"),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+async fn token_command(cmd: TokenCommand) -> Result<()> {
+    match cmd {
+        TokenCommand::Create {
+            data_dir,
+            ttl,
+            description,
+        } => {
+            let ttl = ttl.as_deref().map(parse_duration).transpose()?;
+            println!(
+                "{}",
+                join::create_token(&data_dir, ttl, &description).await?
+            );
+            Ok(())
+        }
+    }
 }
 
 #[derive(Parser)]
@@ -84,6 +134,7 @@ fn main() -> Result<()> {
         .build()?;
     match cli.command {
         Command::Server(args) => rt.block_on(server(args)),
+        Command::Token(cmd) => rt.block_on(token_command(cmd)),
     }
 }
 
@@ -196,11 +247,16 @@ async fn server(args: ServerArgs) -> Result<()> {
     println!("corral is serving {url}");
     println!("kubeconfig: {}", kubeconfig.display());
     println!("  export KUBECONFIG={}", kubeconfig.display());
+    let tokens = Arc::new(tokens::Tokens::new(pki.admin_token.clone()));
+    tokio::spawn(tokens.clone().follow(client.clone(), stop_rx.clone()));
     let server = tokio::spawn(serve::run(
         listener,
         tls,
         router,
-        pki.admin_token.clone(),
+        serve::Auth {
+            tokens,
+            ca_pem: Arc::new(pki.ca_pem.clone()),
+        },
         stop_rx,
     ));
     wait_for_signal().await;

@@ -65,16 +65,22 @@ fn identity_from_cert(der: &[u8]) -> Option<Identity> {
     Some(Identity { user, groups })
 }
 
+/// How callers are recognised, and the CA that `/cacerts` hands to joining agents.
+#[derive(Clone)]
+pub struct Auth {
+    pub tokens: Arc<crate::tokens::Tokens>,
+    pub ca_pem: Arc<String>,
+}
+
 /// Accept connections until `stop` fires; each connection is served on its own task.
 pub async fn run(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     router: Router,
-    admin_token: String,
+    auth: Auth,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let token = Arc::new(admin_token);
     loop {
         let (tcp, peer) = tokio::select! {
             _ = stop.changed() => return,
@@ -90,7 +96,7 @@ pub async fn run(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
-        let token = token.clone();
+        let auth = auth.clone();
         let mut conn_stop = stop.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(
@@ -116,8 +122,16 @@ pub async fn run(
                 let router = router.clone();
                 let ident = cert_identity
                     .clone()
-                    .or_else(|| bearer_identity(&req, &token));
+                    .or_else(|| bearer_identity(&req, &auth.tokens));
+                // The cluster CA, public, for agents that verify it against their token.
+                let cacerts = (req.uri().path() == "/cacerts").then(|| auth.ca_pem.clone());
                 async move {
+                    if let Some(pem) = cacerts {
+                        return Ok(axum::response::IntoResponse::into_response((
+                            [(hyper::header::CONTENT_TYPE, "application/x-pem-file")],
+                            pem.to_string(),
+                        )));
+                    }
                     if let Some(i) = ident {
                         req.extensions_mut().insert(i);
                     }
@@ -143,25 +157,13 @@ pub async fn run(
     }
 }
 
-fn bearer_identity(req: &Request<Incoming>, token: &str) -> Option<Identity> {
+fn bearer_identity(req: &Request<Incoming>, tokens: &crate::tokens::Tokens) -> Option<Identity> {
     let h = req
         .headers()
         .get(hyper::header::AUTHORIZATION)?
         .to_str()
         .ok()?;
-    let t = h.strip_prefix("Bearer ")?.trim();
-    if !token.is_empty() && constant_time_eq(t.as_bytes(), token.as_bytes()) {
-        Some(Identity {
-            user: "corral-admin".into(),
-            groups: vec!["system:masters".into()],
-        })
-    } else {
-        None
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    tokens.identify(h.strip_prefix("Bearer ")?.trim())
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {

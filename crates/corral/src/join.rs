@@ -1,0 +1,199 @@
+//! Joining nodes: `corral token create` (run beside a server, with its admin kubeconfig)
+//! and the client a joining `corral agent` builds from a server URL and a join token.
+
+use crate::tokens::{JoinTokenParts, SECRET_PREFIX, TOKEN_TYPE};
+use anyhow::{bail, Context, Result};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::PostParams;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::Api;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The admin client of the server whose data dir is `data_dir`.
+pub async fn admin_client(data_dir: &Path) -> Result<kube::Client> {
+    let path = data_dir.join("kubeconfig.yaml");
+    let kc = Kubeconfig::read_from(&path).with_context(|| {
+        format!(
+            "reading {} (is a corral server using this --data-dir?)",
+            path.display()
+        )
+    })?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(cfg)?)
+}
+
+fn random_chars(n: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    let more = uuid::Uuid::new_v4().into_bytes();
+    bytes
+        .iter()
+        .chain(more.iter())
+        .take(n)
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}
+
+/// Creates a join token valid for `ttl` (none: until deleted) and returns it as printed.
+pub async fn create_token(
+    data_dir: &Path,
+    ttl: Option<Duration>,
+    description: &str,
+) -> Result<String> {
+    let ca_pem = std::fs::read_to_string(data_dir.join("pki/ca.crt"))
+        .with_context(|| format!("reading the cluster CA in {}", data_dir.display()))?;
+    let client = admin_client(data_dir).await?;
+    let (id, secret) = (random_chars(6), random_chars(16));
+    let mut data = std::collections::BTreeMap::from([
+        ("token-id".to_string(), id.clone()),
+        ("token-secret".to_string(), secret.clone()),
+        (
+            "usage-bootstrap-authentication".to_string(),
+            "true".to_string(),
+        ),
+        ("description".to_string(), description.to_string()),
+    ]);
+    if let Some(ttl) = ttl {
+        let at = k8s_openapi::jiff::Timestamp::now()
+            + k8s_openapi::jiff::SignedDuration::from_secs(ttl.as_secs() as i64);
+        data.insert("expiration".into(), at.to_string());
+    }
+    let s = Secret {
+        metadata: ObjectMeta {
+            name: Some(format!("{SECRET_PREFIX}{id}")),
+            namespace: Some("kube-system".into()),
+            ..Default::default()
+        },
+        type_: Some(TOKEN_TYPE.into()),
+        string_data: Some(data),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client, "kube-system")
+        .create(&PostParams::default(), &s)
+        .await
+        .context("creating the token Secret")?;
+    Ok(format!(
+        "K10{}::{id}.{secret}",
+        sha256_hex(ca_pem.as_bytes())
+    ))
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[allow(dead_code)] // `corral agent` (being wired) is its caller.
+/// A client for a joining agent: fetches the CA from `server`, trusts it only if it
+/// matches the token's hash, then authenticates with the token.
+pub async fn agent_client(server: &str, token: &str) -> Result<kube::Client> {
+    let parts = JoinTokenParts::parse(token).map_err(anyhow::Error::msg)?;
+    let url: http::Uri = server
+        .parse()
+        .with_context(|| format!("--server {server}"))?;
+    if url.scheme_str() != Some("https") {
+        bail!("--server {server}: must be an https:// URL");
+    }
+    let ca_pem = fetch_cacerts(&url).await?;
+    let got = sha256_hex(ca_pem.as_bytes());
+    if got != parts.ca_hash {
+        bail!("the server at {server} presented a CA whose hash {got} is not the one in the token: refusing to join");
+    }
+    let ders = rustls_pemfile::certs(&mut ca_pem.as_bytes())
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut cfg = kube::Config::new(url);
+    cfg.root_cert = Some(ders);
+    cfg.auth_info.token = Some(parts.bearer().into());
+    Ok(kube::Client::try_from(cfg)?)
+}
+
+#[allow(dead_code)]
+/// GET /cacerts without verifying the server: what it returns is checked against the
+/// token's hash before anything trusts it.
+async fn fetch_cacerts(url: &http::Uri) -> Result<String> {
+    let host = url
+        .host()
+        .context("--server has no host")?
+        .trim_matches(['[', ']'])
+        .to_string();
+    let port = url.port_u16().unwrap_or(443);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+        .with_no_client_auth();
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    .context("connecting to the server timed out")?
+    .with_context(|| format!("connecting to {host}:{port}"))?;
+    let name = ServerName::try_from(host.clone())?;
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await?;
+    tls.write_all(
+        format!("GET /cacerts HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut buf))
+        .await
+        .context("reading /cacerts timed out")?
+        .ok();
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed /cacerts response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {url}cacerts: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_string())
+}
+
+#[allow(dead_code)]
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
