@@ -37,6 +37,10 @@ pub struct Cache {
     index: HashMap<String, usize>,
     pods: HashMap<String, PodState>,
     namespaces: HashMap<String, Labels>,
+    /// Pods (bound or assumed) with any affinity term / with required anti-affinity, so
+    /// that pods without affinity skip the inter-pod affinity walk over all nodes.
+    with_affinity: usize,
+    with_required_anti_affinity: usize,
 }
 
 impl Cache {
@@ -149,7 +153,26 @@ impl Cache {
         self.namespaces = list.into_iter().collect();
     }
 
+    pub fn has_pods_with_affinity(&self) -> bool {
+        self.with_affinity > 0
+    }
+
+    pub fn has_pods_with_required_anti_affinity(&self) -> bool {
+        self.with_required_anti_affinity > 0
+    }
+
+    fn count(&mut self, pod: &PodInfo, by: isize) {
+        if pod.has_affinity() {
+            self.with_affinity = self.with_affinity.wrapping_add_signed(by);
+        }
+        if !pod.required_anti_affinity.is_empty() {
+            self.with_required_anti_affinity =
+                self.with_required_anti_affinity.wrapping_add_signed(by);
+        }
+    }
+
     fn attach(&mut self, pod: Arc<PodInfo>, node: &str) {
+        self.count(&pod, 1);
         self.nodes
             .entry(node.to_string())
             .or_insert_with(|| NodeInfo::new(node))
@@ -157,11 +180,16 @@ impl Cache {
     }
 
     fn detach(&mut self, uid: &str, node: &str) {
-        if let Some(ni) = self.nodes.get_mut(node) {
-            ni.remove_pod(uid);
-            if ni.node.is_none() && ni.pods.is_empty() {
-                self.nodes.remove(node);
-            }
+        let removed = self.nodes.get_mut(node).and_then(|ni| ni.remove_pod(uid));
+        if let Some(p) = removed {
+            self.count(&p, -1);
+        }
+        if self
+            .nodes
+            .get(node)
+            .is_some_and(|ni| ni.node.is_none() && ni.pods.is_empty())
+        {
+            self.nodes.remove(node);
         }
     }
 
@@ -311,6 +339,16 @@ mod tests {
         assert_eq!(c.node("n1").unwrap().pods.len(), 1);
         assert_eq!(c.remove_pod("a"), Change::AssignedPodDeleted);
         assert_eq!(c.node("n1").unwrap().requested.milli_cpu, 0);
+        // Affinity counters follow attach/detach.
+        let anti = Arc::new(
+            crate::testutil::pod("w")
+                .anti_affinity("app", "w", "zone")
+                .build(),
+        );
+        c.assume(anti, "n1");
+        assert!(c.has_pods_with_affinity() && c.has_pods_with_required_anti_affinity());
+        c.forget("w");
+        assert!(!c.has_pods_with_affinity() && !c.has_pods_with_required_anti_affinity());
     }
 
     #[test]

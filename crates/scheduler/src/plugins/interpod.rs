@@ -39,9 +39,7 @@ fn matches_all(terms: &[AffinityTerm], pod: &PodInfo, cache: &Cache) -> bool {
 /// existing pod with required anti-affinity).
 pub fn prefilter(pod: &PodInfo, cache: &Cache) -> Option<FilterState> {
     let has_terms = !pod.required_affinity.is_empty() || !pod.required_anti_affinity.is_empty();
-    let any_existing_anti = cache
-        .nodes()
-        .any(|n| n.pods_with_required_anti_affinity > 0);
+    let any_existing_anti = cache.has_pods_with_required_anti_affinity();
     if !has_terms && !any_existing_anti {
         return None;
     }
@@ -154,7 +152,7 @@ pub fn filter(pod: &PodInfo, st: &FilterState, node: &NodeData, cache: &Cache) -
 pub fn scores(pod: &PodInfo, cache: &Cache, feasible: &[&NodeInfo]) -> Option<Vec<i64>> {
     let has_preferred =
         !pod.preferred_affinity.is_empty() || !pod.preferred_anti_affinity.is_empty();
-    let any_with_affinity = cache.nodes().any(|n| n.pods_with_affinity > 0);
+    let any_with_affinity = cache.has_pods_with_affinity();
     if !has_preferred && !any_with_affinity {
         return None;
     }
