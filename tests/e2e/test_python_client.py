@@ -67,7 +67,31 @@ def test_pagination(api_client, ns):
         if not cont:
             break
     assert pages == 3
-    assert names == sorted(f"p{i:02d}" for i in range(25))
+    # Every namespace also holds the cluster CA (kube-root-ca.crt).
+    assert [n for n in names if n != "kube-root-ca.crt"] == sorted(f"p{i:02d}" for i in range(25))
+
+
+def test_pages_show_the_first_pages_point_in_time(api_client, ns):
+    """Continue tokens read the state at the first page's resourceVersion, as on
+    Kubernetes: objects created, changed or deleted after the first page do not show."""
+    core = client.CoreV1Api(api_client)
+    for i in range(6):
+        core.create_namespaced_config_map(
+            ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(name=f"s{i}", labels={"snap": "1"}), data={"v": "old"})
+        )
+    first = core.list_namespaced_config_map(ns, limit=2, label_selector="snap=1")
+    rv = first.metadata.resource_version
+    core.delete_namespaced_config_map("s4", ns)
+    core.patch_namespaced_config_map("s3", ns, {"data": {"v": "new"}})
+    core.create_namespaced_config_map(ns, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="s2a", labels={"snap": "1"})))
+    items, cont = list(first.items), first.metadata._continue
+    while cont:
+        page = core.list_namespaced_config_map(ns, limit=2, label_selector="snap=1", _continue=cont)
+        assert page.metadata.resource_version == rv
+        items += page.items
+        cont = page.metadata._continue
+    assert [i.metadata.name for i in items] == [f"s{i}" for i in range(6)]
+    assert {i.metadata.name: i.data["v"] for i in items}["s3"] == "old"
 
 
 def test_apps_v1_deployments(api_client, ns):
@@ -90,8 +114,8 @@ def test_apps_v1_deployments(api_client, ns):
     apps.patch_namespaced_deployment_scale("d", ns, {"spec": {"replicas": 4}})
     assert apps.read_namespaced_deployment("d", ns).spec.replicas == 4
     # Status writes go through /status and do not bump generation.
-    apps.patch_namespaced_deployment_status("d", ns, {"status": {"replicas": 4, "readyReplicas": 1}})
-    d = apps.read_namespaced_deployment("d", ns)
+    # (The deployment controller rewrites status right after, so check the write's answer.)
+    d = apps.patch_namespaced_deployment_status("d", ns, {"status": {"replicas": 4, "readyReplicas": 1}})
     assert d.status.ready_replicas == 1 and d.metadata.generation == 2
     # The selector is immutable.
     with pytest.raises(ApiException) as e:

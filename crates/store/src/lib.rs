@@ -102,6 +102,20 @@ impl Store {
         dispatch!(self, b => b.get(key).await)
     }
 
+    /// Values of keys in `[start, end)` as they were at `revision` (the current values when
+    /// `revision` is current or newer), at most `limit` (0: no limit). Fails with
+    /// `Error::Compacted` when that point in history has been compacted away. The result's
+    /// revision is `revision`.
+    pub async fn range_at(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        revision: Revision,
+    ) -> Result<RangeResult, Error> {
+        dispatch!(self, b => b.range_at(start, end, limit, revision).await)
+    }
+
     /// Latest values of keys in `[start, end)` (empty `end`: no upper bound) in key order, at
     /// most `limit` of them (0: no limit), from one consistent snapshot.
     pub async fn range(

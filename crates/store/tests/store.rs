@@ -165,6 +165,51 @@ async fn range_limit_more_and_count(h: Harness) {
 }
 on_both!(range_limit_more_and_count);
 
+async fn range_at_a_past_revision(h: Harness) {
+    let s = h.open(Opts::default()).await;
+    for k in ["/p/b", "/p/d", "/p/f", "/q/x"] {
+        s.put(k.as_bytes(), b(k), Compare::Any).await.unwrap();
+    }
+    let at = s.current_revision();
+    let end = prefix_end(b"/p/");
+    let then = s.range(b"/p/", &end, 0).await.unwrap();
+    // Later: a change, a delete, creations before, between and after, a key outside.
+    s.put(b"/p/d", b("d2"), Compare::Any).await.unwrap();
+    s.delete(b"/p/b", Compare::Any).await.unwrap();
+    for k in ["/p/a", "/p/c", "/p/g", "/q/y"] {
+        s.put(k.as_bytes(), b(k), Compare::Any).await.unwrap();
+    }
+    s.delete(b"/p/f", Compare::Any).await.unwrap();
+    s.put(b"/p/f", b("f again"), Compare::Any).await.unwrap();
+    let past = s.range_at(b"/p/", &end, 0, at).await.unwrap();
+    assert_eq!(past.kvs, then.kvs, "the range as it was");
+    assert_eq!(past.revision, at);
+    assert!(!past.more);
+    // Pages of the past, resumed after a key.
+    let first = s.range_at(b"/p/", &end, 2, at).await.unwrap();
+    assert_eq!(first.kvs, then.kvs[..2].to_vec());
+    assert!(first.more);
+    let mut next = first.kvs[1].key.clone();
+    next.push(0);
+    let rest = s.range_at(&next, &end, 2, at).await.unwrap();
+    assert_eq!(rest.kvs, then.kvs[2..].to_vec());
+    assert!(!rest.more);
+    // The current revision reads the current state.
+    let now = s
+        .range_at(b"/p/", &end, 0, s.current_revision())
+        .await
+        .unwrap();
+    assert_eq!(now.kvs, s.range(b"/p/", &end, 0).await.unwrap().kvs);
+    // History compacted away: Compacted, never a wrong answer.
+    s.compact(at + 2).await.unwrap();
+    assert!(matches!(
+        s.range_at(b"/p/", &end, 0, at).await,
+        Err(Error::Compacted { .. })
+    ));
+    s.close().await;
+}
+on_both!(range_at_a_past_revision);
+
 async fn concurrent_writers_share_commits(h: Harness) {
     let s = h.open(Opts::default()).await;
     let base = s.current_revision();

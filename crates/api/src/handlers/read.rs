@@ -59,6 +59,10 @@ fn decode_continue(tok: &str) -> ApiResult<(i64, Vec<u8>)> {
     Ok((rev, start))
 }
 
+fn continue_too_old() -> ApiError {
+    ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list.")
+}
+
 /// The objects of a resource (optionally one namespace) matching a filter, one page.
 pub struct Page {
     pub items: Vec<Value>,
@@ -112,7 +116,7 @@ pub async fn list_each(
                 ));
             }
             if rev < st.store.compacted_revision() {
-                return Err(ApiError::gone("The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter, or use the continue token in this response to retrieve the remainder of the results. Continuing with the provided token results in an inconsistent list - objects that were created, modified, or deleted between the time the first chunk was returned and now may show up in the list."));
+                return Err(continue_too_old());
             }
             (start, Some(rev))
         }
@@ -123,11 +127,27 @@ pub async fn list_each(
     // An unlimited list is one snapshot read (consistent with its resourceVersion); a
     // limited one reads in chunks until the page is full, as selectors may filter most out.
     let chunk = if limit == 0 { 0 } else { (limit + 1).max(64) };
+    // Every chunk of every page reads the state at the first page's revision, so a
+    // paginated list is as consistent as an unpaginated one (Kubernetes gets this from
+    // etcd's reads at a revision; the embedded store undoes later changes from its log).
+    let mut snapshot = first_rev;
     loop {
-        let r = st.store.range(&start, &end, chunk).await?;
+        let r = match snapshot {
+            Some(rev) => {
+                st.store
+                    .range_at(&start, &end, chunk, rev)
+                    .await
+                    .map_err(|e| match e {
+                        corral_store::Error::Compacted { .. } => continue_too_old(),
+                        e => e.into(),
+                    })?
+            }
+            None => st.store.range(&start, &end, chunk).await?,
+        };
         if revision == 0 {
             revision = r.revision;
         }
+        snapshot = Some(revision);
         let n = r.kvs.len();
         for kv in r.kvs.iter() {
             let obj = storage::decode(res, kv)?;

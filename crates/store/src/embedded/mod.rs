@@ -154,6 +154,18 @@ impl Embedded {
             .await
     }
 
+    pub async fn range_at(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        revision: Revision,
+    ) -> Result<RangeResult, Error> {
+        let (start, end) = (start.to_vec(), end.to_vec());
+        self.read(move |txn| read::range_at(txn, &start, &end, limit, revision))
+            .await
+    }
+
     pub async fn count(&self, start: &[u8], end: &[u8]) -> Result<u64, Error> {
         let (start, end) = (start.to_vec(), end.to_vec());
         self.read(move |txn| read::count(txn, &start, &end)).await

@@ -58,6 +58,85 @@ pub(crate) fn range(
     })
 }
 
+/// The keys in `[start, end)` as they were at revision `at` (at most `limit`), read from
+/// the current state with every later change in the range undone from the log: what a
+/// paginated list needs so that all its pages show one point in time, as etcd gives it.
+/// Fails with `Compacted` once the history back to `at` is gone.
+pub(crate) fn range_at(
+    txn: &ReadTransaction,
+    start: &[u8],
+    end: &[u8],
+    limit: usize,
+    at: Revision,
+) -> Result<RangeResult, Error> {
+    let (current, compacted) = meta(txn)?;
+    if at >= current {
+        return range(txn, start, end, limit);
+    }
+    if at < compacted {
+        return Err(Error::Compacted {
+            compact_revision: compacted,
+            requested: at,
+        });
+    }
+    // The state at `at` of every key changed since: the first later event's previous value.
+    let mut then: std::collections::BTreeMap<Vec<u8>, Option<KeyValue>> = Default::default();
+    if end.is_empty() || start < end {
+        let log = txn.open_table(LOG)?;
+        for item in log.range((at + 1) as u64..=current as u64)? {
+            let (rev, raw) = item?;
+            let raw = raw.value();
+            let key = codec::log_key(raw)?;
+            if crate::types::in_range(key, start, end) && !then.contains_key(key) {
+                let ev = codec::decode_log(rev.value() as Revision, raw)?;
+                then.insert(ev.kv.key.clone(), ev.prev);
+            }
+        }
+    }
+    // Merge the current keys with the changed ones, both in key order.
+    let mut merged: Vec<KeyValue> = Vec::new();
+    let want = if limit == 0 { usize::MAX } else { limit + 1 };
+    let mut past = then.into_iter().peekable();
+    if end.is_empty() || start < end {
+        let t = txn.open_table(KV)?;
+        for item in t.range::<&[u8]>(bounds(start, end))? {
+            if merged.len() >= want {
+                break;
+            }
+            let (k, v) = item?;
+            let k = k.value();
+            // Keys that existed at `at` but were deleted since.
+            while let Some((pk, _)) = past.peek() {
+                if pk.as_slice() >= k || merged.len() >= want {
+                    break;
+                }
+                merged.extend(past.next().and_then(|(_, old)| old));
+            }
+            match past.peek() {
+                Some((pk, _)) if pk.as_slice() == k => {
+                    // Changed since `at`: as it was then (None: created after `at`).
+                    merged.extend(past.next().and_then(|(_, old)| old));
+                }
+                _ => merged.push(codec::decode_kv(k, v.value())?),
+            }
+        }
+    }
+    for (_, old) in past {
+        if merged.len() >= want {
+            break;
+        }
+        merged.extend(old);
+    }
+    let more = merged.len() > limit && limit != 0;
+    merged.truncate(if limit == 0 { merged.len() } else { limit });
+    let kvs = merged;
+    Ok(RangeResult {
+        kvs,
+        more,
+        revision: at,
+    })
+}
+
 pub(crate) fn count(txn: &ReadTransaction, start: &[u8], end: &[u8]) -> Result<u64, Error> {
     if !end.is_empty() && start >= end {
         return Ok(0);

@@ -228,6 +228,35 @@ impl Etcd {
         Ok(resp.take_kvs().into_iter().next().map(from_etcd))
     }
 
+    pub async fn range_at(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        revision: Revision,
+    ) -> Result<RangeResult, Error> {
+        let mut kv = self.kv()?;
+        let Some((key, range_end)) = etcd_range(start, end) else {
+            return Ok(RangeResult {
+                kvs: Vec::new(),
+                more: false,
+                revision,
+            });
+        };
+        let opts = GetOptions::new()
+            .with_range(range_end)
+            .with_limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .with_revision(revision);
+        let mut resp = self.call("range", kv.get(key, Some(opts))).await?;
+        self.shared.saw(resp.header());
+        let more = resp.more();
+        Ok(RangeResult {
+            kvs: resp.take_kvs().into_iter().map(from_etcd).collect(),
+            more,
+            revision,
+        })
+    }
+
     pub async fn range(
         &self,
         start: &[u8],

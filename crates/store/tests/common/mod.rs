@@ -264,6 +264,21 @@ impl TStore {
         Ok(r)
     }
 
+    pub async fn range_at(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        revision: Revision,
+    ) -> Result<RangeResult, Error> {
+        let mut r = self
+            .inner
+            .range_at(&self.k(start), &self.end(end), limit, revision)
+            .await?;
+        r.kvs = r.kvs.into_iter().map(|kv| self.strip(kv)).collect();
+        Ok(r)
+    }
+
     pub async fn count(&self, start: &[u8], end: &[u8]) -> Result<u64, Error> {
         self.inner.count(&self.k(start), &self.end(end)).await
     }
