@@ -166,6 +166,8 @@ async fn run(h: Harness, ops: Vec<Op>) {
     let start = model.revision;
     let mut watch = store.watch(b"", b"", 0).unwrap();
     let mut seen: Vec<Event> = Vec::new();
+    // The whole state after every op, to check reads at past revisions at the end.
+    let mut snapshots: Vec<(i64, Vec<KeyValue>)> = vec![(model.revision, Vec::new())];
     for (i, op) in ops.into_iter().enumerate() {
         match op {
             Op::Put(k, v, c) => {
@@ -198,6 +200,7 @@ async fn run(h: Harness, ops: Vec<Op>) {
                 watch = store.watch(b"", b"", from.max(model.compacted)).unwrap();
             }
         }
+        snapshots.push((model.revision, model.kvs.values().cloned().collect()));
         assert_eq!(store.current_revision(), model.revision, "op {i}");
         assert_eq!(
             compacted(store.compacted_revision()),
@@ -216,6 +219,25 @@ async fn run(h: Harness, ops: Vec<Op>) {
         assert_eq!(store.get(&key).await.unwrap().as_ref(), model.kvs.get(&key));
     }
     assert_eq!(store.count(b"", b"").await.unwrap(), model.kvs.len() as u64);
+
+    // Reads at every past revision still in history, whole and in pages of two.
+    let floor = store.compacted_revision();
+    for (rev, kvs) in snapshots.iter().filter(|(r, _)| *r >= floor && *r >= start) {
+        let at = store.range_at(b"", b"", 0, *rev).await.unwrap();
+        assert_eq!(&at.kvs, kvs, "range at {rev}");
+        let mut paged = Vec::new();
+        let mut from = b"".to_vec();
+        loop {
+            let p = store.range_at(&from, b"", 2, *rev).await.unwrap();
+            paged.extend(p.kvs.iter().cloned());
+            if !p.more {
+                break;
+            }
+            from = p.kvs.last().unwrap().key.clone();
+            from.push(0);
+        }
+        assert_eq!(&paged, kvs, "paged range at {rev}");
+    }
 
     // A watch replayed from the log yields the model's events after the compacted revision.
     let mut replay = store.watch(b"", b"", model.compacted.max(1)).unwrap();
