@@ -21,6 +21,7 @@ pub mod namespaces;
 pub mod objects;
 pub mod openapi;
 pub mod patching;
+pub mod proxy;
 pub mod registry;
 pub mod request;
 pub mod server;

@@ -33,6 +33,9 @@ pub struct Config {
     pub ranges: Ranges,
     /// Address clients reach the server at, for the `kubernetes` Endpoints.
     pub advertise: std::net::SocketAddr,
+    /// TLS client settings for reaching node agents (pods/log, exec, attach, portforward):
+    /// the cluster CA as roots and the API server's client certificate.
+    pub kubelet_client: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for Config {
@@ -40,6 +43,7 @@ impl Default for Config {
         Config {
             ranges: Ranges::default(),
             advertise: "127.0.0.1:6443".parse().unwrap(),
+            kubelet_client: None,
         }
     }
 }

@@ -58,7 +58,14 @@ pub async fn resource(
             subresources::binding(st, res, ns, name, &q, req).await
         }
         (&Method::GET, Some(name), Some("log")) if res.plural == "pods" && res.group.is_empty() => {
-            subresources::log(st, res, ns, name).await
+            subresources::log(st, res, ns, name, &q, req.uri().query()).await
+        }
+        (
+            &Method::GET | &Method::POST,
+            Some(name),
+            Some(sub @ ("exec" | "attach" | "portforward")),
+        ) if res.plural == "pods" && res.group.is_empty() => {
+            subresources::stream(st, res, ns, name, sub, &q, req).await
         }
         (&Method::POST, None, None) => {
             if res.namespaced && ns.is_none() {

@@ -1,6 +1,7 @@
 //! Subresources with their own shapes: `scale` (an autoscaling/v1 Scale view of any
 //! resource that declares one, CRDs included), pod `binding` (how the scheduler assigns a
-//! node) and pod `log` (served by the node agent once pods run; until then a clear error).
+//! node) and the pod streams `log`, `exec`, `attach`, `portforward` (checked here, served by
+//! the pod's node agent through `crate::proxy`).
 
 use super::write::{update_object, WriteInput};
 use crate::body::{self, json_response};
@@ -240,15 +241,29 @@ pub async fn binding(
     })
 }
 
-pub async fn log(st: &Shared, res: &Resource, ns: Option<&str>, name: &str) -> ApiResult<Response> {
+/// `pods/log`: checked here, served by the pod's node agent (see `crate::proxy`).
+pub async fn log(
+    st: &Shared,
+    res: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    q: &Query,
+    raw_query: Option<&str>,
+) -> ApiResult<Response> {
     let (pod, _) = storage::get_or_404(&st.store, res, ns, name).await?;
-    let node = pod["spec"]["nodeName"].as_str().unwrap_or("");
-    let msg = if node.is_empty() {
-        format!("pod {name} is not scheduled to a node yet, so it has no logs")
-    } else {
-        format!(
-            "container logs for pod {name} are not available: no node agent serves node {node:?}"
-        )
-    };
-    Err(ApiError::bad_request(msg))
+    crate::proxy::log(st, &pod, ns.unwrap_or("default"), name, q, raw_query).await
+}
+
+/// `pods/exec`, `pods/attach`, `pods/portforward`: upgrades proxied to the node agent.
+pub async fn stream(
+    st: &Shared,
+    res: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    sub: &str,
+    q: &Query,
+    req: Request<Body>,
+) -> ApiResult<Response> {
+    let (pod, _) = storage::get_or_404(&st.store, res, ns, name).await?;
+    crate::proxy::stream(st, &pod, ns.unwrap_or("default"), name, sub, q, req).await
 }
