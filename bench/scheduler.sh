@@ -46,8 +46,10 @@ trap 'exit 130' INT TERM
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 log "building (release)"
-(cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --release -q -p corral)
-(cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --release -q -p corral-scheduler --example sched_bench)
+# One invocation for both, so that cargo unifies features once (two invocations with
+# different package sets rebuild shared dependencies each time).
+(cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --release -q -p corral -p corral-scheduler \
+    --bin corral --example sched_bench)
 # Copies, so that a concurrent rebuild cannot swap the binaries during the run.
 cp "$TARGET/release/corral" "$TMP/corral"
 cp "$TARGET/release/examples/sched_bench" "$TMP/sched_bench"
