@@ -34,6 +34,82 @@ enum Command {
     /// Join tokens for `corral agent` on other machines.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The node's local images: import OCI layouts or `docker save` tarballs, list, remove.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// The per-container shim the node agent starts (internal).
+    #[command(hide = true)]
+    Shim {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Import images from OCI image layouts (directory or tar) or `docker save` archives.
+    Import {
+        #[arg(long, default_value = "./corral-data")]
+        data_dir: PathBuf,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List the images on this node.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, default_value = "./corral-data")]
+        data_dir: PathBuf,
+    },
+    /// Remove images by reference (`busybox:1`, `docker.io/library/busybox:1`, `sha256:<id>`).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(long, default_value = "./corral-data")]
+        data_dir: PathBuf,
+        #[arg(required = true)]
+        references: Vec<String>,
+    },
+}
+
+/// `corral image ...`: works while a server uses the same data dir (the store has a lock).
+fn image_command(cmd: ImageCommand) -> Result<()> {
+    let open = |d: &PathBuf| {
+        let dir = d.join("images");
+        corral_images::ImageStore::open(&dir)
+            .with_context(|| format!("opening the image store {}", dir.display()))
+    };
+    match cmd {
+        ImageCommand::Import { data_dir, files } => {
+            let store = open(&data_dir)?;
+            for f in files {
+                let names = store
+                    .import(&f)
+                    .with_context(|| format!("importing {}", f.display()))?;
+                for n in names {
+                    println!("imported {n}");
+                }
+            }
+        }
+        ImageCommand::Ls { data_dir } => {
+            let store = open(&data_dir)?;
+            print!("{}", corral_images::ImageTable(&store.list()?));
+        }
+        ImageCommand::Rm {
+            data_dir,
+            references,
+        } => {
+            let store = open(&data_dir)?;
+            for r in references {
+                let removed = store.remove(&r).with_context(|| format!("removing {r}"))?;
+                if removed.is_empty() {
+                    bail!("no image {r:?} on this node");
+                }
+                for n in removed {
+                    println!("untagged {n}");
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -107,6 +183,66 @@ struct ServerArgs {
     /// Do not run the scheduler (pods then stay Pending unless they name a node).
     #[arg(long)]
     disable_scheduler: bool,
+    #[command(flatten)]
+    agent: AgentArgs,
+}
+
+/// The node agent `corral server` runs for its own node.
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// Run no node agent: this server then runs no pods.
+    #[arg(long)]
+    disable_agent: bool,
+    /// Name of this server's Node (default: the hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The node's pod address range (IPv4); its first address goes to the bridge.
+    #[arg(long, default_value = "10.42.0.0/24")]
+    pod_cidr: String,
+    /// The bridge pods are attached to (created when missing).
+    #[arg(long, default_value = "corral0")]
+    bridge: String,
+    /// Port of the node's kubelet API (logs, exec, port-forward), advertised in its Node.
+    #[arg(long, default_value_t = 10250)]
+    kubelet_port: u16,
+    /// The node's InternalIP (default: the host's primary address).
+    #[arg(long)]
+    node_ip: Option<IpAddr>,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_ascii_lowercase())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Starts the node agent for this server's own node.
+fn spawn_agent(
+    args: &AgentArgs,
+    data_dir: &std::path::Path,
+    client: kube::Client,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let mut cfg =
+        corral_agent::AgentConfig::new(args.node_name.clone().unwrap_or_else(hostname), data_dir);
+    cfg.pod_cidr = args.pod_cidr.clone();
+    cfg.bridge = args.bridge.clone();
+    cfg.kubelet_port = args.kubelet_port;
+    cfg.node_ip = args.node_ip;
+    cfg.node_labels.insert(
+        "node-role.kubernetes.io/control-plane".into(),
+        "true".into(),
+    );
+    tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = corral_agent::run(client, cfg, stopped).await {
+            tracing::error!(error = %e, "node agent stopped");
+        }
+    })
 }
 
 /// A Kubernetes client wired straight to the API router: no socket, no TLS, but the same
@@ -126,8 +262,15 @@ fn in_process_client(router: axum::Router) -> kube::Client {
 }
 
 fn main() -> Result<()> {
+    // The shim forks and detaches: it must run before any thread (tokio's) exists.
+    if std::env::args().nth(1).as_deref() == Some("shim") {
+        corral_runtime::shim::main();
+    }
     let cli = Cli::parse();
     init_logging(cli.log_json);
+    if let Command::Image(cmd) = cli.command {
+        return image_command(cmd);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("corral")
@@ -135,6 +278,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Server(args) => rt.block_on(server(args)),
         Command::Token(cmd) => rt.block_on(token_command(cmd)),
+        Command::Image(_) | Command::Shim { .. } => unreachable!("handled before the runtime"),
     }
 }
 
@@ -233,6 +377,8 @@ async fn server(args: ServerArgs) -> Result<()> {
             },
         ))
     });
+    let agent = (!args.agent.disable_agent)
+        .then(|| spawn_agent(&args.agent, &data_dir, client.clone(), stop_rx.clone()));
     let tls = serve::tls_config(&serve::TlsFiles {
         ca_pem: &pki.ca_pem,
         cert_pem: &pki.server_cert_pem,
@@ -263,7 +409,7 @@ async fn server(args: ServerArgs) -> Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
-    for task in [controllers, scheduler].into_iter().flatten() {
+    for task in [controllers, scheduler, agent].into_iter().flatten() {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     store.close().await;
