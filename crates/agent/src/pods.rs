@@ -19,19 +19,40 @@ struct Handle {
     task: tokio::task::JoinHandle<()>,
 }
 
-pub(crate) async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run(ctx: Arc<Ctx>, stop: watch::Receiver<bool>) {
+    let mut stopped = stop.clone();
     let api: Api<Pod> = Api::all(ctx.client.clone());
-    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.cfg.node_name));
-    let mut stream = watcher::watcher(api, cfg).default_backoff().boxed();
+    let selector = format!("spec.nodeName={}", ctx.cfg.node_name);
+    let cfg = watcher::Config::default().fields(&selector);
+    let mut stream = watcher::watcher(api.clone(), cfg).default_backoff().boxed();
+    // A full list now and then, so a missed watch event (a deletion above all) cannot leave
+    // a pod running forever.
+    let mut resync = tokio::time::interval(RESYNC);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut workers: HashMap<String, Handle> = HashMap::new();
     let mut listing: HashSet<String> = HashSet::new();
     let mut cleaned = false;
     loop {
-        let ev = tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
-            ev = stream.next() => ev,
+        enum Next<E> {
+            Stop,
+            Event(Option<E>),
+            Resync,
+        }
+        let next = tokio::select! {
+            _ = stopped.wait_for(|s| *s) => Next::Stop,
+            ev = stream.next() => Next::Event(ev),
+            _ = resync.tick() => Next::Resync,
         };
-        let Some(ev) = ev else { break };
+        let ev = match next {
+            Next::Stop | Next::Event(None) => break,
+            Next::Resync => {
+                if cleaned {
+                    relist(&ctx, &api, &selector, &mut workers, &stop).await;
+                }
+                continue;
+            }
+            Next::Event(Some(ev)) => ev,
+        };
         workers.retain(|_, h| !h.task.is_finished());
         match ev {
             Ok(Event::Init) => listing.clear(),
@@ -62,6 +83,40 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut stop: watch::Receiver<bool>) {
     // Workers see the stop signal and return, leaving containers running for the next agent.
     for (_, h) in workers {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), h.task).await;
+    }
+}
+
+const RESYNC: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn relist(
+    ctx: &Arc<Ctx>,
+    api: &Api<Pod>,
+    selector: &str,
+    workers: &mut HashMap<String, Handle>,
+    stop: &watch::Receiver<bool>,
+) {
+    let list = match api
+        .list(&kube::api::ListParams::default().fields(selector))
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing this node's pods failed");
+            return;
+        }
+    };
+    let present: HashSet<String> = list.items.iter().filter_map(|p| p.uid()).collect();
+    for (uid, h) in workers.iter() {
+        if !present.contains(uid) && h.tx.borrow().is_some() {
+            tracing::info!(uid, "pod gone without a watch event");
+            h.tx.send_replace(None);
+        }
+    }
+    for p in list.items {
+        let uid = p.uid().unwrap_or_default();
+        if !workers.contains_key(&uid) {
+            upsert(ctx, workers, p, stop);
+        }
     }
 }
 

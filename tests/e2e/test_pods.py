@@ -1,0 +1,518 @@
+"""End-to-end tests of the node agent: real pods from busybox test images, run by the agent
+inside `corral server`, driven with the real kubectl and the official Python client.
+
+The module starts its own server with the agent on a bridge and pod range of its own
+(corral-t<N>, 10.244.<N>.0/24), imports the test images that tests/images/build.py builds
+from Debian's busybox-static, and talks HTTP only to pod addresses on that bridge. Every
+test works in its own namespace and deletes its pods; at the end the module checks that
+the runtime holds nothing, then removes the bridge and the cgroups it made. Needs root
+(namespaces, cgroups, bridges); skips with a message otherwise."""
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from conftest import ROOT, Kubectl, Server, _py_config, corral_binary
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="the node agent needs root for namespaces, cgroups and bridges"
+)
+
+
+def wait_for(what, fn, timeout=90, interval=0.3):
+    """Polls fn until it returns something truthy; fails with `what` and the last value."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = fn()
+        except Exception as e:  # the object may not exist yet
+            last = e
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+@pytest.fixture(scope="module")
+def images():
+    out = tempfile.mkdtemp(prefix="corral-test-images-")
+    subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "images", "build.py"), out], check=True
+    )
+    yield [os.path.join(out, f) for f in sorted(os.listdir(out)) if f.endswith(".tar")]
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def free_net_index():
+    taken = set(os.listdir("/sys/class/net"))
+    for _ in range(100):
+        n = random.randint(1, 250)
+        if f"corral-t{n}" not in taken:
+            return n
+    raise RuntimeError("no free corral-t<N> bridge name")
+
+
+class Node:
+    """A corral server with its node agent on a bridge of its own."""
+
+    def __init__(self, images):
+        self.n = free_net_index()
+        self.bridge = f"corral-t{self.n}"
+        self.cidr = f"10.244.{self.n}.0/24"
+        self.node_name = f"corral-test-{self.n}-{uuid.uuid4().hex[:6]}"
+        self.server = Server(
+            extra_args=[
+                "--node-name", self.node_name,
+                "--bridge", self.bridge,
+                "--pod-cidr", self.cidr,
+            ]
+        )
+        self.data_dir = self.server.data_dir
+        out = subprocess.run(
+            [corral_binary(), "image", "import", "--data-dir", self.data_dir] + images,
+            capture_output=True, text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "docker.io/library/busybox-web:1" in out.stdout
+        ls = subprocess.run(
+            [corral_binary(), "image", "ls", "--data-dir", self.data_dir],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        assert "docker.io/library/busybox:test" in ls
+        self.server.start()
+        self.kubectl = Kubectl(self.server)
+
+    @property
+    def runtime(self):
+        return os.path.join(self.data_dir, "runtime")
+
+    def containers(self):
+        d = os.path.join(self.runtime, "containers")
+        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+    def sandboxes(self):
+        d = os.path.join(self.runtime, "sandboxes")
+        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+    def container_pid(self, container_id):
+        with open(os.path.join(self.runtime, "containers", container_id, "state.json")) as f:
+            return json.load(f)["pid"]
+
+    def cgroup_dirs(self, leaf=""):
+        parent = "corral-" + self.node_name
+        found = []
+        for root in ["/sys/fs/cgroup"] + [
+            os.path.join("/sys/fs/cgroup", h) for h in ("cpu", "cpuacct", "memory", "pids", "cpu,cpuacct")
+        ]:
+            p = os.path.join(root, parent, leaf) if leaf else os.path.join(root, parent)
+            if os.path.isdir(p) and os.path.realpath(p) not in [os.path.realpath(x) for x in found]:
+                found.append(p)
+        return found
+
+    def cleanup(self):
+        try:
+            wait_for("the runtime to hold no containers", lambda: not self.containers(), timeout=60)
+            wait_for("the runtime to hold no sandboxes", lambda: not self.sandboxes(), timeout=60)
+        finally:
+            self.server.stop()
+            self.kubectl.cleanup()
+            # What a stopped server may still hold (only when a test failed midway).
+            for cid in self.containers():
+                try:
+                    os.kill(self.container_pid(cid), 9)
+                except Exception:
+                    pass
+            subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+            for d in self.cgroup_dirs():
+                for sub in sorted(os.listdir(d), reverse=True):
+                    if os.path.isdir(os.path.join(d, sub)):
+                        try:
+                            os.rmdir(os.path.join(d, sub))
+                        except OSError:
+                            pass
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
+            for line in open("/proc/self/mountinfo"):
+                mp = line.split()[4]
+                if mp.startswith(self.data_dir):
+                    subprocess.run(["umount", "-l", mp], capture_output=True)
+            self.server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def node(images):
+    n = Node(images)
+    yield n
+    n.cleanup()
+
+
+@pytest.fixture
+def kc(node):
+    return node.kubectl
+
+
+@pytest.fixture
+def pns(node, kc):
+    """A namespace on the agent's server; its workloads and pods are deleted afterwards."""
+    name = "p-" + uuid.uuid4().hex[:8]
+    kc.run("create", "namespace", name)
+    yield name
+    kc.run("delete", "deployments", "--all", "-n", name, "--wait=false", check=False)
+    kc.run("delete", "pods", "--all", "-n", name, "--grace-period=0", "--force", check=False)
+    wait_for(
+        f"pods of {name} to be gone",
+        lambda: not kc.json("get", "pods", "-n", name)["items"],
+        timeout=60,
+    )
+    kc.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def core(node):
+    from kubernetes import client
+
+    api = client.ApiClient(configuration=_py_config(node.server))
+    yield client.CoreV1Api(api)
+    api.close()
+
+
+def apply(kc, ns, manifest):
+    kc.run("apply", "-n", ns, "-f", "-", input=json.dumps(manifest))
+
+
+def pod(name, node, containers, **spec):
+    spec = dict(spec)
+    spec["containers"] = containers
+    spec.setdefault("terminationGracePeriodSeconds", 2)
+    if node is not None:
+        spec["nodeName"] = node.node_name
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+
+
+def get_pod(kc, ns, name):
+    return kc.json("get", "pod", name, "-n", ns)
+
+
+def cstatus(p, i=0):
+    return (p.get("status", {}).get("containerStatuses") or [{}])[i]
+
+
+def http_get(ip, port=8080, path="/"):
+    with urllib.request.urlopen(f"http://{ip}:{port}{path}", timeout=5) as r:
+        return r.read().decode()
+
+
+def ready_pods(kc, ns, selector):
+    items = kc.json("get", "pods", "-n", ns, "-l", selector)["items"]
+    ok = []
+    for p in items:
+        if p["metadata"].get("deletionTimestamp"):
+            continue
+        conds = {c["type"]: c["status"] for c in p.get("status", {}).get("conditions", [])}
+        if conds.get("Ready") == "True":
+            ok.append(p)
+    return ok
+
+
+def test_node_registered(node, kc):
+    n = kc.json("get", "node", node.node_name)
+    st = n["status"]
+    assert int(st["capacity"]["cpu"]) == os.cpu_count()
+    assert st["capacity"]["pods"] == "110"
+    assert st["capacity"]["memory"].endswith("Ki")
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert conds["Ready"]["status"] == "True" and conds["Ready"]["reason"] == "KubeletReady"
+    for t in ("MemoryPressure", "DiskPressure", "PIDPressure"):
+        assert conds[t]["status"] == "False"
+    assert st["nodeInfo"]["kubeletVersion"] == "v1.33.0"
+    assert st["nodeInfo"]["containerRuntimeVersion"].startswith("corral://")
+    assert st["daemonEndpoints"]["kubeletEndpoint"]["Port"] == 10250
+    assert {a["type"] for a in st["addresses"]} >= {"InternalIP", "Hostname"}
+    assert n["spec"]["podCIDR"] == node.cidr
+    lease = kc.json("get", "lease", node.node_name, "-n", "kube-node-lease")
+    assert lease["spec"]["holderIdentity"] == node.node_name
+    first = lease["spec"]["renewTime"]
+    wait_for(
+        "the lease to be renewed",
+        lambda: kc.json("get", "lease", node.node_name, "-n", "kube-node-lease")["spec"]["renewTime"] != first,
+        timeout=30,
+    )
+    out = kc("get", "nodes")
+    assert node.node_name in out and "Ready" in out
+
+
+def test_deployment_serves_http_and_scales(node, kc, pns):
+    kc.run("create", "deployment", "web", "-n", pns, "--image=busybox-web:1", "--replicas=3", "--port=8080")
+    kc.run("rollout", "status", "deploy/web", "-n", pns, "--timeout=120s", timeout=150)
+    pods = wait_for("3 ready pods", lambda: len(ready_pods(kc, pns, "app=web")) == 3 and ready_pods(kc, pns, "app=web"))
+    prefix = f"10.244.{node.n}."
+    ips = {p["status"]["podIP"] for p in pods}
+    assert len(ips) == 3, ips
+    for p in pods:
+        ip = p["status"]["podIP"]
+        assert ip.startswith(prefix), ip
+        assert http_get(ip).strip() == "web v1"
+        st = cstatus(p)
+        assert st["ready"] and st["started"] and "running" in st["state"]
+        assert st["containerID"].startswith("corral://")
+        assert st["imageID"].startswith("docker.io/library/busybox-web@sha256:")
+        assert p["status"]["phase"] == "Running"
+        assert p["status"]["qosClass"] == "BestEffort"
+    kc.run("scale", "deploy/web", "-n", pns, "--replicas=5")
+    pods = wait_for("5 ready pods", lambda: len(ready_pods(kc, pns, "app=web")) == 5 and ready_pods(kc, pns, "app=web"))
+    for p in pods:
+        assert http_get(p["status"]["podIP"]).strip() == "web v1"
+    kc.run("scale", "deploy/web", "-n", pns, "--replicas=2")
+    wait_for(
+        "exactly 2 pods left",
+        lambda: len(kc.json("get", "pods", "-n", pns, "-l", "app=web")["items"]) == 2,
+        timeout=90,
+    )
+    left = ready_pods(kc, pns, "app=web")
+    assert len(left) == 2
+    for p in left:
+        assert http_get(p["status"]["podIP"]).strip() == "web v1"
+
+
+def test_missing_image(node, kc, pns):
+    apply(kc, pns, pod("nope", node, [{"name": "c", "image": "busybox-missing:1"}]))
+
+    def pulled_failed():
+        st = cstatus(get_pod(kc, pns, "nope"))
+        w = st.get("state", {}).get("waiting", {})
+        return w if w.get("reason") in ("ErrImagePull", "ImagePullBackOff") else None
+
+    w = wait_for("ErrImagePull", pulled_failed)
+    assert "corral image import" in w["message"]
+    assert "busybox-missing:1" in w["message"]
+    wait_for(
+        "ImagePullBackOff",
+        lambda: cstatus(get_pod(kc, pns, "nope"))["state"].get("waiting", {}).get("reason") == "ImagePullBackOff",
+    )
+    events = kc.json("get", "events", "-n", pns)["items"]
+    assert any(
+        e["type"] == "Warning" and e["reason"] == "Failed" and "corral image import" in e["message"]
+        for e in events
+    ), events
+    assert get_pod(kc, pns, "nope")["status"]["phase"] == "Pending"
+
+
+def test_command_not_found(node, kc, pns):
+    apply(kc, pns, pod("nocmd", node, [{"name": "c", "image": "busybox:test", "command": ["no-such-command"]}],
+                       restartPolicy="Never"))
+    p = wait_for("the pod to fail", lambda: (lambda p: p["status"].get("phase") == "Failed" and p)(get_pod(kc, pns, "nocmd")))
+    t = cstatus(p)["state"]["terminated"]
+    assert t["reason"] == "StartError"
+    assert t["exitCode"] == 128
+    assert "no-such-command" in t["message"] and "not found" in t["message"]
+
+
+def test_crash_loop_backoff(node, kc, pns):
+    apply(kc, pns, pod("crash", node, [{"name": "c", "image": "busybox:test", "command": ["sh", "-c", "exit 3"]}]))
+
+    def backing_off():
+        st = cstatus(get_pod(kc, pns, "crash"))
+        return st if st.get("state", {}).get("waiting", {}).get("reason") == "CrashLoopBackOff" else None
+
+    st = wait_for("CrashLoopBackOff", backing_off)
+    assert st["lastState"]["terminated"]["exitCode"] == 3
+    assert st["lastState"]["terminated"]["reason"] == "Error"
+    assert "back-off 10s restarting failed container=c" in st["state"]["waiting"]["message"]
+    first = st["restartCount"]
+    assert first >= 1
+    st = wait_for(
+        "another restart after the back-off",
+        lambda: (lambda s: s["restartCount"] > first and s)(cstatus(get_pod(kc, pns, "crash"))),
+        timeout=60,
+    )
+    wait_for(
+        "a longer back-off",
+        lambda: "back-off 20s" in cstatus(get_pod(kc, pns, "crash"))["state"].get("waiting", {}).get("message", ""),
+        timeout=30,
+    )
+    events = kc.json("get", "events", "-n", pns, "--field-selector", "involvedObject.name=crash")["items"]
+    assert any(e["reason"] == "BackOff" for e in events), [e["reason"] for e in events]
+
+
+def test_oom_killed(node, kc, pns):
+    apply(kc, pns, pod("oom", node, [{
+        "name": "c", "image": "busybox:test",
+        "command": ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+        "resources": {"limits": {"memory": "16Mi"}},
+    }], restartPolicy="Never"))
+    p = wait_for("the pod to fail", lambda: (lambda p: p["status"].get("phase") == "Failed" and p)(get_pod(kc, pns, "oom")))
+    t = cstatus(p)["state"]["terminated"]
+    assert t["reason"] == "OOMKilled", t
+    assert t["exitCode"] == 137
+
+
+def test_liveness_probe_restarts(node, kc, pns):
+    apply(kc, pns, pod("live", node, [{
+        "name": "c", "image": "busybox:test",
+        "command": ["sh", "-c", "touch /tmp/healthy; sleep 2; rm /tmp/healthy; sleep 600"],
+        "livenessProbe": {"exec": {"command": ["cat", "/tmp/healthy"]}, "periodSeconds": 1, "failureThreshold": 2},
+    }], terminationGracePeriodSeconds=1))
+    st = wait_for(
+        "a restart by the liveness probe",
+        lambda: (lambda s: s.get("restartCount", 0) >= 1 and s)(cstatus(get_pod(kc, pns, "live"))),
+        timeout=60,
+    )
+    assert st["lastState"]["terminated"]["exitCode"] == 137
+    events = kc.json("get", "events", "-n", pns, "--field-selector", "involvedObject.name=live")["items"]
+    msgs = [e["message"] for e in events]
+    assert any("Liveness probe failed" in m for m in msgs), msgs
+    assert any("failed liveness probe, will be restarted" in m for m in msgs), msgs
+
+
+def test_readiness_probe_gates_ready(node, kc, pns, core):
+    apply(kc, pns, pod("gate", node, [{
+        "name": "c", "image": "busybox:test",
+        "command": ["sh", "-c", "sleep 4; touch /tmp/ready; sleep 600"],
+        "readinessProbe": {"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 1},
+    }]))
+    p = wait_for("running", lambda: core.read_namespaced_pod("gate", pns).status.phase == "Running" and core.read_namespaced_pod("gate", pns))
+    conds = {c.type: c for c in p.status.conditions}
+    assert conds["Ready"].status == "False"
+    assert conds["Ready"].reason == "ContainersNotReady"
+    assert p.status.container_statuses[0].ready is False
+    wait_for(
+        "Ready after the probe passes",
+        lambda: any(c.type == "Ready" and c.status == "True" for c in core.read_namespaced_pod("gate", pns).status.conditions),
+        timeout=30,
+    )
+    # An HTTP readiness probe against the pod's address.
+    apply(kc, pns, pod("webready", node, [{
+        "name": "web", "image": "busybox-web:1", "ports": [{"containerPort": 8080, "name": "http"}],
+        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+    }]))
+    wait_for(
+        "the web pod Ready",
+        lambda: cstatus(get_pod(kc, pns, "webready")).get("ready") is True,
+    )
+
+
+def test_env_volumes_and_init_containers(node, kc, pns):
+    kc.run("create", "configmap", "cfg", "-n", pns, "--from-literal=greeting=hello", "--from-literal=file.txt=from-configmap")
+    kc.run("create", "secret", "generic", "sec", "-n", pns, "--from-literal=password=s3cret")
+    manifest = pod("envs", node, [{
+        "name": "main", "image": "busybox:test",
+        "command": ["sh", "-c", "echo GREETING=$GREETING; echo PW=$PW; echo NAME=$POD_NAME; echo MEM=$MEM; "
+                    "echo ARG=$(GREETING); cat /cfg/file.txt; echo; cat /sec/password; echo; "
+                    "cat /work/init.txt; cat /info/labels; echo; id -u; pwd"],
+        "workingDir": "/work",
+        "env": [
+            {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}},
+            {"name": "PW", "valueFrom": {"secretKeyRef": {"name": "sec", "key": "password"}}},
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "MEM", "valueFrom": {"resourceFieldRef": {"resource": "limits.memory", "divisor": "1Mi"}}},
+        ],
+        "resources": {"limits": {"memory": "32Mi"}},
+        "securityContext": {"runAsUser": 65534},
+        "volumeMounts": [
+            {"name": "cfg", "mountPath": "/cfg"},
+            {"name": "sec", "mountPath": "/sec"},
+            {"name": "work", "mountPath": "/work"},
+            {"name": "info", "mountPath": "/info"},
+        ],
+    }], restartPolicy="Never",
+        initContainers=[{
+            "name": "init", "image": "busybox:test",
+            "command": ["sh", "-c", "echo from-init > /work/init.txt"],
+            "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+        }],
+        volumes=[
+            {"name": "cfg", "configMap": {"name": "cfg"}},
+            {"name": "sec", "secret": {"secretName": "sec"}},
+            {"name": "work", "emptyDir": {}},
+            {"name": "info", "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+        ])
+    manifest["metadata"]["labels"] = {"app": "envs"}
+    apply(kc, pns, manifest)
+    p = wait_for("the pod to succeed", lambda: (lambda p: p["status"].get("phase") == "Succeeded" and p)(get_pod(kc, pns, "envs")), timeout=60)
+    init = p["status"]["initContainerStatuses"][0]
+    assert init["state"]["terminated"]["reason"] == "Completed"
+    uid = p["metadata"]["uid"]
+    log = os.path.join(node.data_dir, "pods", f"{pns}_envs_{uid}", "main", "0.log")
+    lines = [l.split(" ", 3)[3] for l in open(log).read().splitlines()]
+    assert "GREETING=hello" in lines
+    assert "PW=s3cret" in lines
+    assert "NAME=envs" in lines
+    assert "MEM=32" in lines
+    assert "ARG=hello" in lines
+    assert "from-configmap" in lines
+    assert "s3cret" in lines
+    assert "from-init" in lines
+    assert 'app="envs"' in lines
+    assert "65534" in lines
+    assert "/work" in lines
+
+
+def test_graceful_delete_leaves_nothing(node, kc, pns):
+    marks = tempfile.mkdtemp(prefix="corral-test-marks-")
+    try:
+        apply(kc, pns, pod("bye", node, [{
+            "name": "c", "image": "busybox:test",
+            "command": ["sh", "-c", "trap 'echo TERM > /marks/term; exit 0' TERM; while true; do sleep 0.2; done"],
+            "volumeMounts": [{"name": "marks", "mountPath": "/marks"}],
+            "lifecycle": {"preStop": {"exec": {"command": ["sh", "-c", "echo prestop > /marks/prestop"]}}},
+        }], volumes=[{"name": "marks", "hostPath": {"path": marks}}], terminationGracePeriodSeconds=20))
+        p = wait_for("running", lambda: (lambda p: cstatus(p).get("ready") and p)(get_pod(kc, pns, "bye")))
+        uid = p["metadata"]["uid"]
+        cid = cstatus(p)["containerID"].removeprefix("corral://")
+        pid = node.container_pid(cid)
+        os.kill(pid, 0)
+        with open(os.path.join(node.runtime, "sandboxes", uid, "sandbox.json")) as f:
+            veth = json.load(f)["host_veth"]
+        assert os.path.exists(f"/sys/class/net/{veth}")
+        assert node.cgroup_dirs(cid)
+        kc.run("delete", "pod", "bye", "-n", pns, timeout=60)
+        with pytest.raises(AssertionError):
+            get_pod(kc, pns, "bye")
+        assert open(os.path.join(marks, "prestop")).read().strip() == "prestop"
+        assert open(os.path.join(marks, "term")).read().strip() == "TERM"
+        wait_for("the process to be gone", lambda: not os.path.exists(f"/proc/{pid}"), timeout=10)
+        assert not os.path.exists(f"/sys/class/net/{veth}")
+        assert cid not in node.containers()
+        assert uid not in node.sandboxes()
+        assert not node.cgroup_dirs(cid)
+        mounts = [l.split()[4] for l in open("/proc/self/mountinfo")]
+        assert not [m for m in mounts if uid in m], mounts
+        assert not os.path.exists(os.path.join(node.data_dir, "pods", f"{pns}_bye_{uid}"))
+        assert not os.path.exists(os.path.join(node.data_dir, "pods", uid))
+    finally:
+        shutil.rmtree(marks, ignore_errors=True)
+
+
+def test_server_restart_keeps_pods(node, kc, pns):
+    apply(kc, pns, pod("keep", node, [{"name": "web", "image": "busybox-web:1"}]))
+    before = wait_for("running", lambda: (lambda p: cstatus(p).get("ready") and p)(get_pod(kc, pns, "keep")))
+    st = cstatus(before)
+    pid = node.container_pid(st["containerID"].removeprefix("corral://"))
+    ip = before["status"]["podIP"]
+    assert http_get(ip).strip() == "web v1"
+    node.server.stop()
+    os.kill(pid, 0)  # still running without the server
+    node.server.start()
+    time.sleep(3)  # give the agent time to adopt (and, were it wrong, to restart)
+    after = wait_for("status readable", lambda: get_pod(kc, pns, "keep"))
+    st2 = cstatus(after)
+    assert st2["containerID"] == st["containerID"]
+    assert st2["restartCount"] == st["restartCount"]
+    assert st2["state"] == st["state"]
+    assert st2["ready"] is True
+    assert after["status"]["podIP"] == ip
+    assert node.container_pid(st["containerID"].removeprefix("corral://")) == pid
+    os.kill(pid, 0)
+    assert http_get(ip).strip() == "web v1"
