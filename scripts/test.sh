@@ -59,6 +59,22 @@ echo "== build"
 cargo build -p corral --bin corral ${ETCD_FEATURES[@]+"${ETCD_FEATURES[@]}"}
 export CORRAL_BIN="$CARGO_TARGET_DIR/debug/corral"
 
+# Test images for the pods the node agent runs (and the runtime's tests): built from Debian's
+# busybox-static, installed here when we are root and it is missing. The output is
+# deterministic, so it lives with the other build artifacts.
+echo "== test images"
+if [ ! -x /bin/busybox ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static; } >/dev/null \
+    || echo "installing busybox-static failed" >&2
+fi
+if [ -x /bin/busybox ]; then
+  python3 tests/images/build.py "$CARGO_TARGET_DIR/test-images" >/dev/null
+  export CORRAL_TEST_IMAGES="$CARGO_TARGET_DIR/test-images"
+  echo "test images in $CORRAL_TEST_IMAGES"
+else
+  echo "pod tests will skip: /bin/busybox (Debian's busybox-static) is not installed"
+fi
+
 echo "== rust tests"
 # With CORRAL_TEST_ETCD set, the store tests run on both backends.
 cargo test --workspace ${ETCD_FEATURES[@]+"${ETCD_FEATURES[@]}"}
