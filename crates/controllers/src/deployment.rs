@@ -632,11 +632,9 @@ impl Controller {
     async fn rollout_recreate(&self, plan: &Plan<'_>, mut rss: Vec<Rs>) -> Outcome {
         let existing_new = self.new_and_old(plan, &mut rss, false).await?;
         let mut scaled = false;
-        for i in 0..rss.len() {
-            if Some(i) != existing_new && rss[i].replicas > 0 {
-                let mut rs = rss[i].clone();
-                scaled |= self.scale_rs(plan, &mut rs, 0).await?;
-                rss[i] = rs;
+        for (i, rs) in rss.iter_mut().enumerate() {
+            if Some(i) != existing_new && rs.replicas > 0 {
+                scaled |= self.scale_rs(plan, rs, 0).await?;
             }
         }
         let new = existing_new.map(|i| rss[i].clone());

@@ -3,19 +3,36 @@
 //! state and actual state from shared informers, takes one step toward the former and
 //! writes status; none trusts that it saw every event.
 
+pub mod claim;
+pub mod cron;
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod events;
 pub mod expectations;
 pub mod gc;
+pub mod history;
 pub mod informer;
+pub mod job;
+pub mod localpath;
+pub mod nodelifecycle;
+pub mod nodeutil;
 pub mod podutil;
 pub mod queue;
 pub mod replicaset;
 pub mod selector;
 pub mod serviceaccount;
+pub mod statefulset;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::{Api, Client};
 use std::future::Future;
 use std::sync::Arc;
@@ -34,6 +51,16 @@ pub struct Informers {
     pub pods: informer::Informer<Pod>,
     pub replicasets: informer::Informer<ReplicaSet>,
     pub deployments: informer::Informer<Deployment>,
+    pub jobs: informer::Informer<Job>,
+    pub cronjobs: informer::Informer<CronJob>,
+    pub daemonsets: informer::Informer<DaemonSet>,
+    pub nodes: informer::Informer<Node>,
+    pub revisions: informer::Informer<ControllerRevision>,
+    pub statefulsets: informer::Informer<StatefulSet>,
+    pub pvcs: informer::Informer<PersistentVolumeClaim>,
+    pub pvs: informer::Informer<PersistentVolume>,
+    pub classes: informer::Informer<StorageClass>,
+    pub leases: informer::Informer<Lease>,
 }
 
 impl Informers {
@@ -42,6 +69,16 @@ impl Informers {
             pods: informer::Informer::new("Pod"),
             replicasets: informer::Informer::new("ReplicaSet"),
             deployments: informer::Informer::new("Deployment"),
+            jobs: informer::Informer::new("Job"),
+            cronjobs: informer::Informer::new("CronJob"),
+            daemonsets: informer::Informer::new("DaemonSet"),
+            nodes: informer::Informer::new("Node"),
+            revisions: informer::Informer::new("ControllerRevision"),
+            statefulsets: informer::Informer::new("StatefulSet"),
+            pvcs: informer::Informer::new("PersistentVolumeClaim"),
+            pvs: informer::Informer::new("PersistentVolume"),
+            classes: informer::Informer::new("StorageClass"),
+            leases: informer::Informer::new("Lease"),
         }
     }
 }
@@ -69,7 +106,7 @@ pub async fn run(
     let deploy = Arc::new(deployment::Controller::new(
         client.clone(),
         informers.clone(),
-        recorder,
+        recorder.clone(),
     ));
     let namespaces: informer::Informer<Namespace> = informer::Informer::new("Namespace");
     let accounts: informer::Informer<ServiceAccount> = informer::Informer::new("ServiceAccount");
@@ -106,6 +143,63 @@ pub async fn run(
             ));
         });
     }
+    let job = Arc::new(job::Controller::new(
+        client.clone(),
+        informers.jobs.clone(),
+        informers.pods.clone(),
+        recorder.with_component("job-controller"),
+    ));
+    let (job_queue, job_orphans) = job.register();
+    let cronjob = Arc::new(cronjob::Controller::new(
+        client.clone(),
+        informers.cronjobs.clone(),
+        informers.jobs.clone(),
+        recorder.with_component("cronjob-controller"),
+    ));
+    let cronjob_queue = cronjob.register();
+    let ds = Arc::new(daemonset::Controller::new(
+        client.clone(),
+        informers.daemonsets.clone(),
+        informers.pods.clone(),
+        informers.nodes.clone(),
+        informers.revisions.clone(),
+        recorder.with_component("daemonset-controller"),
+    ));
+    let ds_queue = ds.register();
+    let sts = Arc::new(statefulset::Controller::new(
+        client.clone(),
+        informers.statefulsets.clone(),
+        informers.pods.clone(),
+        informers.pvcs.clone(),
+        informers.revisions.clone(),
+        recorder.with_component("statefulset-controller"),
+    ));
+    let sts_queue = sts.register();
+    let lifecycle = Arc::new(nodelifecycle::Controller::new(
+        client.clone(),
+        informers.nodes.clone(),
+        informers.leases.clone(),
+        informers.pods.clone(),
+        recorder.with_component("node-controller"),
+        std::time::Duration::from_secs(40),
+    ));
+    let lifecycle_queue = lifecycle.register();
+    // The provisioner runs where volumes have a home.
+    // Until the binary says where volumes live, no provisioner runs.
+    let volumes_dir: Option<std::path::PathBuf> = None;
+    let local_path = volumes_dir.map(|dir| {
+        let c = Arc::new(localpath::Controller::new(
+            client.clone(),
+            informers.pvcs.clone(),
+            informers.pvs.clone(),
+            informers.classes.clone(),
+            informers.pods.clone(),
+            recorder.with_component("persistentvolume-controller"),
+            dir,
+        ));
+        let q = c.register();
+        (c, q)
+    });
     let gc = gc::GarbageCollector::new(client.clone());
     let gc_queue = gc.queue();
     let rs_queue = rs.register();
@@ -127,6 +221,37 @@ pub async fn run(
             .deployments
             .start(Api::all(client.clone()), stopped()),
     ];
+    tasks.push(informers.jobs.start(Api::all(client.clone()), stopped()));
+    tasks.push(
+        informers
+            .cronjobs
+            .start(Api::all(client.clone()), stopped()),
+    );
+    for t in [
+        informers
+            .daemonsets
+            .start(Api::all(client.clone()), stopped()),
+        informers.nodes.start(Api::all(client.clone()), stopped()),
+        informers
+            .revisions
+            .start(Api::all(client.clone()), stopped()),
+        informers
+            .statefulsets
+            .start(Api::all(client.clone()), stopped()),
+        informers.pvcs.start(Api::all(client.clone()), stopped()),
+        informers.pvs.start(Api::all(client.clone()), stopped()),
+        informers.leases.start(
+            Api::namespaced(client.clone(), nodelifecycle::LEASE_NAMESPACE),
+            stopped(),
+        ),
+    ] {
+        tasks.push(t);
+    }
+    // An API server without storage.k8s.io still gets the built-in local-path class.
+    let classes_served = local_path.is_some() && localpath::classes_served(&client).await;
+    if classes_served {
+        tasks.push(informers.classes.start(Api::all(client.clone()), stopped()));
+    }
     tasks.push(namespaces.start(Api::all(client.clone()), stopped()));
     tasks.push(accounts.start(Api::all(client.clone()), stopped()));
     tasks.push(root_ca.start_with(
@@ -141,6 +266,15 @@ pub async fn run(
     informers.pods.synced().await;
     informers.replicasets.synced().await;
     informers.deployments.synced().await;
+    informers.jobs.synced().await;
+    informers.cronjobs.synced().await;
+    informers.daemonsets.synced().await;
+    informers.nodes.synced().await;
+    informers.revisions.synced().await;
+    informers.statefulsets.synced().await;
+    informers.pvcs.synced().await;
+    informers.pvs.synced().await;
+    informers.leases.synced().await;
     tracing::info!("controllers started");
     {
         let rs = rs.clone();
@@ -155,6 +289,47 @@ pub async fn run(
             let d = d.clone();
             async move { d.reconcile(k).await }
         })));
+    }
+    {
+        let j = job.clone();
+        tasks.push(tokio::spawn(job_queue.clone().run(4, move |k| {
+            let j = j.clone();
+            async move { j.reconcile(k).await }
+        })));
+        let j = job.clone();
+        tasks.push(tokio::spawn(job_orphans.clone().run(1, move |k| {
+            let j = j.clone();
+            async move { j.reconcile_orphan(k).await }
+        })));
+    }
+    {
+        let c = cronjob.clone();
+        tasks.push(tokio::spawn(cronjob_queue.clone().run(2, move |k| {
+            let c = c.clone();
+            async move { c.reconcile(k).await }
+        })));
+    }
+    tasks.push(workers(&ds_queue, 2, ds.clone(), |c, k| async move {
+        c.reconcile(k).await
+    }));
+    tasks.push(workers(&sts_queue, 2, sts.clone(), |c, k| async move {
+        c.reconcile(k).await
+    }));
+    tasks.push(workers(
+        &lifecycle_queue,
+        2,
+        lifecycle.clone(),
+        |c, k| async move { c.reconcile(k).await },
+    ));
+    if let Some((c, q)) = &local_path {
+        if !classes_served {
+            // Nothing to create: claims use the built-in class.
+        } else if let Err(e) = c.ensure_class().await {
+            tracing::warn!(error = %e, "creating the local-path StorageClass failed");
+        }
+        tasks.push(workers(q, 2, c.clone(), |c, k| async move {
+            c.reconcile(k).await
+        }));
     }
     namespaces.synced().await;
     {
@@ -180,8 +355,32 @@ pub async fn run(
     sa_queue.shutdown();
     rs_queue.shutdown();
     deploy_queue.shutdown();
+    job_queue.shutdown();
+    job_orphans.shutdown();
+    cronjob_queue.shutdown();
+    ds_queue.shutdown();
+    sts_queue.shutdown();
+    lifecycle_queue.shutdown();
+    if let Some((_, q)) = &local_path {
+        q.shutdown();
+    }
     for t in tasks {
         let _ = t.await;
     }
     tracing::info!("controllers stopped");
+}
+
+/// Runs `n` workers of `queue`, each calling `f` with the controller and a key.
+fn workers<C, F, Fut>(
+    queue: &queue::Queue,
+    n: usize,
+    c: Arc<C>,
+    f: F,
+) -> tokio::task::JoinHandle<()>
+where
+    C: Send + Sync + 'static,
+    F: Fn(Arc<C>, informer::Key) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = queue::Outcome> + Send + 'static,
+{
+    tokio::spawn(queue.clone().run(n, move |k| f(c.clone(), k)))
 }

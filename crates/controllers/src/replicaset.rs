@@ -341,7 +341,7 @@ pub fn pod_from_template(rs: &ReplicaSet) -> Pod {
 /// Which pods go first when scaling down (Kubernetes' ActivePods ordering): unscheduled
 /// before scheduled, pending before running, not ready before ready, more restarts
 /// first, then the newest first.
-fn deletion_rank(p: &Pod) -> (u8, u8, u8, i64, std::cmp::Reverse<i64>) {
+pub(crate) fn deletion_rank(p: &Pod) -> (u8, u8, u8, i64, std::cmp::Reverse<i64>) {
     let scheduled = p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some();
     let phase = match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
         Some("Pending") => 0,
