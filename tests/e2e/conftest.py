@@ -42,6 +42,11 @@ class Server:
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="corral-e2e-")
         self.port = port or free_port()
         self.extra_args = list(extra_args)
+        # A server runs a node agent unless told otherwise; tests share one host, so only
+        # tests that ask for an agent (a unique --node-name, --bridge and --pod-cidr) get one,
+        # and no other server's scheduler binds pods to a node that would really run them.
+        if "--node-name" not in self.extra_args and "--disable-agent" not in self.extra_args:
+            self.extra_args.append("--disable-agent")
         self.proc = None
         self.log_path = os.path.join(self.data_dir, "server.log")
 

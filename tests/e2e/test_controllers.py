@@ -18,18 +18,10 @@ from conftest import Kubectl, Server, _py_config
 
 @pytest.fixture(scope="module")
 def cserver():
-    s = Server(extra_args=["--disable-agent"] if _has_flag("--disable-agent") else []).start()
+    # No node agent (conftest's default): the FakeKubelet below plays the node.
+    s = Server().start()
     yield s
     s.cleanup()
-
-
-def _has_flag(flag):
-    import subprocess
-
-    from conftest import corral_binary
-
-    out = subprocess.run([corral_binary(), "server", "--help"], capture_output=True, text=True)
-    return flag in out.stdout
 
 
 @pytest.fixture(scope="module")

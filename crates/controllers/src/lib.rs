@@ -84,10 +84,24 @@ impl Informers {
 }
 
 /// What the controllers need to know that the API does not tell them.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Config {
     /// The cluster CA (PEM) published in every namespace as kube-root-ca.crt.
     pub root_ca_pem: Option<String>,
+    /// Where the local-path provisioner makes volumes (None: no provisioner).
+    pub volumes_dir: Option<std::path::PathBuf>,
+    /// How long a node's Lease may go unrenewed before the node is marked Unknown.
+    pub node_monitor_grace: std::time::Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root_ca_pem: None,
+            volumes_dir: None,
+            node_monitor_grace: std::time::Duration::from_secs(40),
+        }
+    }
 }
 
 /// Runs every controller until `shutdown` resolves.
@@ -181,13 +195,11 @@ pub async fn run(
         informers.leases.clone(),
         informers.pods.clone(),
         recorder.with_component("node-controller"),
-        std::time::Duration::from_secs(40),
+        config.node_monitor_grace,
     ));
     let lifecycle_queue = lifecycle.register();
     // The provisioner runs where volumes have a home.
-    // Until the binary says where volumes live, no provisioner runs.
-    let volumes_dir: Option<std::path::PathBuf> = None;
-    let local_path = volumes_dir.map(|dir| {
+    let local_path = config.volumes_dir.clone().map(|dir| {
         let c = Arc::new(localpath::Controller::new(
             client.clone(),
             informers.pvcs.clone(),

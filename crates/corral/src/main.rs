@@ -126,6 +126,15 @@ enum TokenCommand {
     },
 }
 
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    s.trim_end_matches('s')
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("{s:?}: want seconds, e.g. 40s"))
+}
+
 fn parse_duration(s: &str) -> Result<Duration> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num.parse().with_context(|| format!("bad duration {s:?}"))?;
@@ -183,6 +192,10 @@ struct ServerArgs {
     /// Do not run the scheduler (pods then stay Pending unless they name a node).
     #[arg(long)]
     disable_scheduler: bool,
+    /// How long a node may stay silent (no Lease renewal) before it is marked Unknown and
+    /// its pods are evicted, e.g. 40s.
+    #[arg(long, default_value = "40s", value_parser = parse_secs)]
+    node_monitor_grace_period: Duration,
     #[command(flatten)]
     agent: AgentArgs,
 }
@@ -342,6 +355,7 @@ async fn server(args: ServerArgs) -> Result<()> {
             },
             local.port(),
         ),
+        kubelet_client: Some(serve::kubelet_client_config(&pki)?),
         ..Default::default()
     };
     let state = corral_api::start(store.clone(), config, stop_rx.clone())
@@ -368,6 +382,8 @@ async fn server(args: ServerArgs) -> Result<()> {
         let mut rx = stop_rx.clone();
         let config = corral_controllers::Config {
             root_ca_pem: Some(pki.ca_pem.clone()),
+            volumes_dir: Some(data_dir.join("volumes")),
+            node_monitor_grace: args.node_monitor_grace_period,
         };
         tokio::spawn(corral_controllers::run(
             client.clone(),

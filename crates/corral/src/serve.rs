@@ -171,3 +171,21 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
         .await
         .with_context(|| format!("cannot listen on {addr}"))
 }
+
+/// How the API server reaches node agents: it trusts the cluster CA for their serving
+/// certificates and presents a client certificate signed by the same CA.
+pub fn kubelet_client_config(pki: &crate::pki::Pki) -> Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(&pki.ca_pem)? {
+        roots.add(c)?;
+    }
+    let key: PrivateKeyDer<'static> =
+        rustls_pemfile::private_key(&mut pki.admin_key_pem.as_bytes())?
+            .context("no private key in PEM")?;
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs(&pki.admin_cert_pem)?, key)?;
+    Ok(Arc::new(cfg))
+}
