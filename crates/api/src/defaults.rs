@@ -135,6 +135,79 @@ fn template(spec: &mut Value) {
     }
 }
 
+/// Defaults that exist only when an object is created (they need its uid, or are admission
+/// plugins in Kubernetes): a Job's generated selector and labels, and a Pod's
+/// DefaultTolerationSeconds.
+pub fn on_create(res: &Resource, obj: &mut Value) {
+    match (res.group.as_str(), res.kind.as_str()) {
+        ("batch", "Job") => job_selector(obj),
+        ("", "Pod") => default_tolerations(&mut obj["spec"]),
+        _ => {}
+    }
+}
+
+/// Kubernetes' Job strategy: unless `manualSelector`, the selector is the Job's uid and
+/// the template gets the labels that select it.
+fn job_selector(obj: &mut Value) {
+    if obj["spec"]["manualSelector"] == json!(true) || !obj["spec"].is_object() {
+        return;
+    }
+    let uid = obj["metadata"]["uid"].clone();
+    let name = obj["metadata"]["name"].clone();
+    let labels = json!({
+        "batch.kubernetes.io/controller-uid": uid,
+        "batch.kubernetes.io/job-name": name,
+        "controller-uid": uid,
+        "job-name": name,
+    });
+    if obj["spec"]["selector"].is_null() {
+        obj["spec"]["selector"] =
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+    }
+    if !obj["spec"]["template"]["metadata"].is_object() {
+        obj["spec"]["template"]["metadata"] = json!({});
+    }
+    let tl = &mut obj["spec"]["template"]["metadata"]["labels"];
+    if !tl.is_object() {
+        *tl = json!({});
+    }
+    if let (Some(m), Some(add)) = (tl.as_object_mut(), labels.as_object()) {
+        for (k, v) in add {
+            m.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+}
+
+/// The DefaultTolerationSeconds admission plugin: a pod tolerates its node being
+/// not-ready or unreachable for 300 s before it is evicted, unless it says otherwise.
+fn default_tolerations(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    let list = spec["tolerations"].as_array().cloned().unwrap_or_default();
+    let mut out = list.clone();
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let covered = list.iter().any(|t| {
+            (t["key"] == json!(key) || (t["key"].is_null() && t["operator"] == json!("Exists")))
+                && (t["effect"].is_null()
+                    || t["effect"] == json!("NoExecute")
+                    || t["effect"] == json!(""))
+        });
+        if !covered {
+            out.push(json!({
+                "key": key,
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": 300,
+            }));
+        }
+    }
+    spec["tolerations"] = Value::Array(out);
+}
+
 fn job_spec(spec: &mut Value) {
     set_default(spec, "parallelism", json!(1));
     set_default(spec, "backoffLimit", json!(6));

@@ -171,6 +171,7 @@ pub async fn create_object(
     let mut warnings = objects::normalize(res, &st.openapi, &mut obj, ctx.field_validation)?;
     objects::init_meta(res, &mut obj);
     objects::reset_status_on_create(res, &mut obj);
+    crate::defaults::on_create(res, &mut obj);
     if res.group.is_empty() && res.plural == "namespaces" {
         obj["spec"]["finalizers"] = json!(["kubernetes"]);
     }
