@@ -21,7 +21,7 @@ import uuid
 
 import pytest
 
-from conftest import ROOT, Kubectl, Server, _py_config, corral_binary
+from conftest import free_port, ROOT, Kubectl, Server, _py_config, corral_binary
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="the node agent needs root for namespaces, cgroups and bridges"
@@ -77,11 +77,13 @@ class Node:
         self.bridge = f"corral-t{self.n}"
         self.cidr = f"10.244.{self.n}.0/24"
         self.node_name = f"corral-test-{self.n}-{uuid.uuid4().hex[:6]}"
+        self.kubelet_port = free_port()
         self.server = Server(
             extra_args=[
                 "--node-name", self.node_name,
                 "--bridge", self.bridge,
                 "--pod-cidr", self.cidr,
+                "--kubelet-port", str(self.kubelet_port),
             ]
         )
         self.data_dir = self.server.data_dir
@@ -245,7 +247,7 @@ def test_node_registered(node, kc):
         assert conds[t]["status"] == "False"
     assert st["nodeInfo"]["kubeletVersion"] == "v1.33.0"
     assert st["nodeInfo"]["containerRuntimeVersion"].startswith("corral://")
-    assert st["daemonEndpoints"]["kubeletEndpoint"]["Port"] == 10250
+    assert st["daemonEndpoints"]["kubeletEndpoint"]["Port"] == node.kubelet_port
     assert {a["type"] for a in st["addresses"]} >= {"InternalIP", "Hostname"}
     assert n["spec"]["podCIDR"] == node.cidr
     lease = kc.json("get", "lease", node.node_name, "-n", "kube-node-lease")
@@ -523,3 +525,30 @@ def test_server_restart_keeps_pods(node, kc, pns):
     assert node.container_pid(st["containerID"].removeprefix("corral://")) == pid
     os.kill(pid, 0)
     assert http_get(ip).strip() == "web v1"
+
+
+def test_logs_exec_and_port_forward_reach_the_container(node, kc, pns):
+    """kubectl logs, exec (exit codes, stdin) and port-forward on a real pod: the API server
+    proxies to this node's kubelet API, which reaches the container."""
+    kc("create", "deployment", "stream", "--image=busybox-web:1", "-n", pns)
+    kc("rollout", "status", "deploy/stream", "-n", pns, "--timeout=90s")
+    name = kc("get", "pods", "-n", pns, "-l", "app=stream", "-o", "jsonpath={.items[0].metadata.name}").strip()
+    p = kc.run("exec", "-n", pns, name, "--", "sh", "-c", "hostname; exit 3", check=False)
+    assert p.returncode == 3 and p.stdout.strip() == name, (p.returncode, p.stdout, p.stderr)
+    out = kc("exec", "-i", "-n", pns, name, "--", "sh", "-c", "cat > /tmp/in; cat /tmp/in", input="piped\n")
+    assert out == "piped\n"
+    kc("exec", "-n", pns, name, "--", "sh", "-c", "echo to-the-log > /proc/1/fd/1")
+    wait_for("the log line", lambda: "to-the-log" in kc("logs", "-n", pns, name))
+    assert "Z to-the-log" in kc("logs", "--timestamps", "-n", pns, name)
+    port = free_port()
+    pf = subprocess.Popen(
+        ["kubectl", "--cache-dir", kc.cache, "port-forward", "-n", pns, f"pod/{name}", f"{port}:8080"],
+        env=kc.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        body = wait_for("a response through port-forward", lambda: http_get("127.0.0.1", port), timeout=30)
+        assert "web v1" in body
+    finally:
+        pf.kill()
+        pf.wait()
+    kc("delete", "deploy/stream", "-n", pns)

@@ -15,6 +15,7 @@ mod containers;
 mod events;
 mod expand;
 mod ipam;
+mod kubelet;
 mod node;
 pub mod paths;
 mod pods;
@@ -61,6 +62,9 @@ pub struct AgentConfig {
     pub bridge: String,
     /// Port of the kubelet API (logs, exec, port-forward) advertised in the Node status.
     pub kubelet_port: u16,
+    /// The cluster CA (certificate PEM, key PEM) that issues the kubelet API's serving
+    /// certificate and that client certificates must chain to. None: no kubelet API.
+    pub kubelet_ca: Option<(String, String)>,
     /// The node's InternalIP; None: the host's primary address.
     pub node_ip: Option<IpAddr>,
     /// Extra Node labels (e.g. `node-role.kubernetes.io/control-plane`).
@@ -94,6 +98,7 @@ impl AgentConfig {
             pod_cidr: "10.42.0.0/24".into(),
             bridge: "corral0".into(),
             kubelet_port: 10250,
+            kubelet_ca: None,
             node_ip: None,
             node_labels: BTreeMap::new(),
             shim_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("corral")),
@@ -202,10 +207,30 @@ pub async fn run(
         isolated = ctx.runtime.capabilities().namespaces,
         "node agent running"
     );
+    let kubelet_api = match &cfg.kubelet_ca {
+        Some((ca, key)) => {
+            let ips = [node_ip, IpAddr::from([127, 0, 0, 1])];
+            match corral_kubelet_api::certs::node_server_config(ca, key, &cfg.node_name, &ips) {
+                Ok(tls) => Some(tokio::spawn(kubelet::serve(
+                    ctx.clone(),
+                    tls,
+                    stop_rx.clone(),
+                ))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "kubelet API not served: no serving certificate");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
     let lease = tokio::spawn(reg().lease_loop(stop_rx.clone()));
     let status = tokio::spawn(reg().status_loop(status, stop_rx.clone()));
     pods::run(ctx, stop_rx).await;
     let _ = lease.await;
+    if let Some(k) = kubelet_api {
+        let _ = k.await;
+    }
     let _ = status.await;
     Ok(())
 }

@@ -244,6 +244,14 @@ fn spawn_agent(
     cfg.bridge = args.bridge.clone();
     cfg.kubelet_port = args.kubelet_port;
     cfg.node_ip = args.node_ip;
+    let pki = data_dir.join("pki");
+    cfg.kubelet_ca = match (
+        std::fs::read_to_string(pki.join("ca.crt")),
+        std::fs::read_to_string(pki.join("ca.key")),
+    ) {
+        (Ok(ca), Ok(key)) => Some((ca, key)),
+        _ => None,
+    };
     cfg.node_labels.insert(
         "node-role.kubernetes.io/control-plane".into(),
         "true".into(),

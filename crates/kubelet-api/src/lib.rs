@@ -14,6 +14,7 @@
 //! Every request needs a client certificate that the TLS configuration verified (the agent
 //! builds it with a client verifier for the cluster CA); without one the answer is 401.
 
+pub mod certs;
 pub mod exec;
 pub mod logs;
 pub mod portforward;

@@ -8,7 +8,6 @@
 
 use corral_kubelet_api::{Backend, BackendError, ContainerInfo, ExecSession};
 use futures::future::BoxFuture;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -87,46 +86,15 @@ impl Backend for Files {
     }
 }
 
-fn tls(pki: &std::path::Path) -> Result<rustls::ServerConfig, Box<dyn std::error::Error>> {
+fn tls(pki: &std::path::Path) -> Result<Arc<rustls::ServerConfig>, Box<dyn std::error::Error>> {
     let ca_pem = std::fs::read_to_string(pki.join("ca.crt"))?;
-    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.join("ca.key"))?)?;
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
-    let key = rcgen::KeyPair::generate()?;
-    let mut params = rcgen::CertificateParams::default();
-    params.subject_alt_names = vec![rcgen::SanType::IpAddress("127.0.0.1".parse()?)];
-    let cert = params.signed_by(&key, &issuer)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pem_certs(&ca_pem) {
-        roots.add(c)?;
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()?;
-    Ok(rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![CertificateDer::from(cert.der().to_vec())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-        )?)
-}
-
-/// The DER certificates in a PEM text.
-fn rustls_pem_certs(pem: &str) -> Vec<CertificateDer<'static>> {
-    use base64::Engine;
-    pem.split("-----BEGIN CERTIFICATE-----")
-        .skip(1)
-        .filter_map(|rest| rest.split("-----END CERTIFICATE-----").next())
-        .filter_map(|b64| {
-            let clean: String = b64.chars().filter(|c| !c.is_whitespace()).collect();
-            base64::engine::general_purpose::STANDARD.decode(clean).ok()
-        })
-        .map(CertificateDer::from)
-        .collect()
+    let ca_key = std::fs::read_to_string(pki.join("ca.key"))?;
+    Ok(corral_kubelet_api::certs::node_server_config(
+        &ca_pem,
+        &ca_key,
+        "fake-node",
+        &["127.0.0.1".parse()?],
+    )?)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -144,7 +112,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             })
     };
     let (pki, dir) = (arg("--pki")?, arg("--dir")?);
-    let cfg = Arc::new(tls(&pki)?);
+    let cfg = tls(&pki)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
