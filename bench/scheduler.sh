@@ -59,6 +59,7 @@ FLAGS=()
 HELP=$("$TMP/corral" server --help)
 grep -q -- --disable-scheduler <<<"$HELP" && FLAGS+=(--disable-scheduler)
 grep -q -- --disable-controllers <<<"$HELP" && FLAGS+=(--disable-controllers)
+grep -q -- --disable-agent <<<"$HELP" && FLAGS+=(--disable-agent)
 log "starting corral server on 127.0.0.1:$PORT ${FLAGS[*]}"
 "$TMP/corral" server --data-dir "$TMP/data" --https-port "$PORT" "${FLAGS[@]}" >"$TMP/server.log" 2>&1 &
 SERVER_PID=$!

@@ -38,17 +38,13 @@ fn start_server(bin: &str) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
-    // The server's own scheduler would race with the one under test.
-    let help = Command::new(bin)
-        .args(["server", "--help"])
-        .output()
-        .expect("corral server --help");
-    let own_scheduler_flag = String::from_utf8_lossy(&help.stdout).contains("--disable-scheduler");
+    // The server's own scheduler would race with the one under test, and its own node
+    // agent would register this machine as one more node.
     let child = Command::new(bin)
         .args(["server", "--data-dir"])
         .arg(dir.path().join("data"))
         .args(["--https-port", &port.to_string()])
-        .args(own_scheduler_flag.then_some("--disable-scheduler"))
+        .args(["--disable-scheduler", "--disable-agent"])
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
