@@ -169,9 +169,8 @@ async fn node_target(st: &Shared, pod: &Value, name: &str) -> ApiResult<NodeTarg
         .lookup("", "v1", "nodes")
         .ok_or_else(|| ApiError::internal("nodes are not served"))?;
     let Some((obj, _)) = storage::get(&st.store, &res, None, node).await? else {
-        return Err(ApiError::unavailable(format!(
-            "no node agent serves node {node:?}: the Node object does not exist"
-        )));
+        // As Kubernetes: the node lookup's NotFound reaches the client.
+        return Err(ApiError::not_found("nodes", node));
     };
     let addrs = obj["status"]["addresses"]
         .as_array()
