@@ -37,11 +37,14 @@ def free_port():
 class Server:
     """One corral server process with its own data directory."""
 
-    def __init__(self, data_dir=None, port=None, extra_args=()):
+    def __init__(self, data_dir=None, port=None, extra_args=(), host="127.0.0.1"):
         self.owns_dir = data_dir is None
+        self.host = host
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="corral-e2e-")
         self.port = port or free_port()
         self.extra_args = list(extra_args)
+        if host != "127.0.0.1":
+            self.extra_args += ["--bind", host]
         # A server runs a node agent unless told otherwise; tests share one host, so only
         # tests that ask for an agent (a unique --node-name, --bridge and --pod-cidr) get one,
         # and no other server's scheduler binds pods to a node that would really run them.
@@ -52,7 +55,7 @@ class Server:
 
     @property
     def url(self):
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     @property
     def kubeconfig(self):

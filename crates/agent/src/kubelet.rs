@@ -128,6 +128,37 @@ impl Backend for NodeBackend {
     }
 }
 
+/// The path where the API server signs a joining node's serving-certificate request.
+pub const SERVING_CERT_PATH: &str = "/corral/v1/node-serving-certificate";
+
+/// The kubelet API's TLS config for this node (None: configured without one).
+pub(crate) async fn tls(
+    client: &kube::Client,
+    cfg: &crate::AgentConfig,
+    node_ip: std::net::IpAddr,
+) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+    use corral_kubelet_api::certs;
+    let ips = [node_ip, std::net::IpAddr::from([127, 0, 0, 1])];
+    match &cfg.kubelet_tls {
+        crate::KubeletTls::None => Ok(None),
+        crate::KubeletTls::SignWith { ca_pem, ca_key_pem } => {
+            certs::node_server_config(ca_pem, ca_key_pem, &cfg.node_name, &ips).map(Some)
+        }
+        crate::KubeletTls::RequestFromServer { ca_pem } => {
+            let (key_pem, csr_pem) = certs::node_csr(&cfg.node_name, &ips)?;
+            let req = http::Request::post(SERVING_CERT_PATH)
+                .header(http::header::CONTENT_TYPE, "application/pkcs10")
+                .body(csr_pem.into_bytes())
+                .map_err(|e| e.to_string())?;
+            let cert_pem = client
+                .request_text(req)
+                .await
+                .map_err(|e| format!("requesting the serving certificate: {e}"))?;
+            certs::server_config(ca_pem, &cert_pem, &key_pem).map(Some)
+        }
+    }
+}
+
 /// Serves the kubelet API on the node's address until `stop`; a port already in use is
 /// reported and the agent goes on without it.
 pub(crate) async fn serve(

@@ -57,14 +57,14 @@ pub struct AgentConfig {
     /// Images under `images/`, runtime state under `runtime/`, logs and volumes under `pods/`.
     pub data_dir: PathBuf,
     /// This node's pod range (IPv4), e.g. `10.42.0.0/24`; the bridge takes the first address.
-    pub pod_cidr: String,
+    /// None: the one the control plane assigns to the Node (its node IPAM controller).
+    pub pod_cidr: Option<String>,
     /// The node bridge pods are attached to (created when missing).
     pub bridge: String,
     /// Port of the kubelet API (logs, exec, port-forward) advertised in the Node status.
     pub kubelet_port: u16,
-    /// The cluster CA (certificate PEM, key PEM) that issues the kubelet API's serving
-    /// certificate and that client certificates must chain to. None: no kubelet API.
-    pub kubelet_ca: Option<(String, String)>,
+    /// Where the kubelet API's serving certificate comes from.
+    pub kubelet_tls: KubeletTls,
     /// The node's InternalIP; None: the host's primary address.
     pub node_ip: Option<IpAddr>,
     /// Extra Node labels (e.g. `node-role.kubernetes.io/control-plane`).
@@ -95,10 +95,10 @@ impl AgentConfig {
         AgentConfig {
             node_name,
             data_dir: data_dir.into(),
-            pod_cidr: "10.42.0.0/24".into(),
+            pod_cidr: Some("10.42.0.0/24".into()),
             bridge: "corral0".into(),
             kubelet_port: 10250,
-            kubelet_ca: None,
+            kubelet_tls: KubeletTls::None,
             node_ip: None,
             node_labels: BTreeMap::new(),
             shim_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("corral")),
@@ -106,6 +106,21 @@ impl AgentConfig {
             cgroup_parent,
         }
     }
+}
+
+pub use kubelet::SERVING_CERT_PATH;
+
+/// The kubelet API's serving certificate. Client certificates must chain to the cluster CA
+/// in every case.
+#[derive(Clone, Debug)]
+pub enum KubeletTls {
+    /// No kubelet API (logs, exec and port-forward then fail for this node's pods).
+    None,
+    /// Issued here by the cluster CA, whose key this node holds (the server's own node).
+    SignWith { ca_pem: String, ca_key_pem: String },
+    /// Requested from the API server, which signs the node's certificate request (a
+    /// joining `corral agent`: its key never leaves the node).
+    RequestFromServer { ca_pem: String },
 }
 
 /// What every pod worker shares.
@@ -125,10 +140,23 @@ pub(crate) struct Ctx {
 /// next agent over the same data directory adopts them.
 pub async fn run(
     client: Client,
-    cfg: AgentConfig,
+    mut cfg: AgentConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let mut ipam = Ipam::new(&cfg.pod_cidr)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let pod_cidr = match cfg.pod_cidr.clone() {
+        Some(c) => c,
+        None => match node::assigned_pod_cidr(&client, &cfg.node_name, stop_rx.clone()).await {
+            Some(c) => c,
+            None => return Ok(()),
+        },
+    };
+    cfg.pod_cidr = Some(pod_cidr.clone());
+    let mut ipam = Ipam::new(&pod_cidr)?;
     let images_dir = cfg.data_dir.join("images");
     let images = Arc::new(
         tokio::task::spawn_blocking(move || ImageStore::open(images_dir))
@@ -175,11 +203,6 @@ pub async fn run(
         resolv_conf: std::fs::read_to_string("/etc/resolv.conf").ok(),
         cfg: cfg.clone(),
     });
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
     let reg = || node::Registration {
         client: client.clone(),
         cfg: cfg.clone(),
@@ -203,26 +226,21 @@ pub async fn run(
         }
     };
     tracing::info!(
-        node = %cfg.node_name, pod_cidr = %cfg.pod_cidr, bridge = %cfg.bridge, %node_ip,
+        node = %cfg.node_name, %pod_cidr, bridge = %cfg.bridge, %node_ip,
         isolated = ctx.runtime.capabilities().namespaces,
         "node agent running"
     );
-    let kubelet_api = match &cfg.kubelet_ca {
-        Some((ca, key)) => {
-            let ips = [node_ip, IpAddr::from([127, 0, 0, 1])];
-            match corral_kubelet_api::certs::node_server_config(ca, key, &cfg.node_name, &ips) {
-                Ok(tls) => Some(tokio::spawn(kubelet::serve(
-                    ctx.clone(),
-                    tls,
-                    stop_rx.clone(),
-                ))),
-                Err(e) => {
-                    tracing::warn!(error = %e, "kubelet API not served: no serving certificate");
-                    None
-                }
-            }
+    let kubelet_api = match kubelet::tls(&client, &cfg, node_ip).await {
+        Ok(Some(tls)) => Some(tokio::spawn(kubelet::serve(
+            ctx.clone(),
+            tls,
+            stop_rx.clone(),
+        ))),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "kubelet API not served: no serving certificate");
+            None
         }
-        None => None,
     };
     let lease = tokio::spawn(reg().lease_loop(stop_rx.clone()));
     let status = tokio::spawn(reg().status_loop(status, stop_rx.clone()));

@@ -227,6 +227,13 @@ impl Registration {
         })
     }
 
+    fn cidr_spec(cidr: &Option<String>) -> Value {
+        match cidr {
+            Some(c) => json!({"podCIDR": c, "podCIDRs": [c]}),
+            None => json!({}),
+        }
+    }
+
     /// Creates or updates the Node (labels, podCIDR), then writes its status.
     pub async fn register(&self) -> Result<Value, kube::Error> {
         let facts = HostFacts::read(&self.cfg.data_dir);
@@ -238,7 +245,7 @@ impl Registration {
                 let node: Node = serde_json::from_value(json!({
                     "apiVersion": "v1", "kind": "Node",
                     "metadata": {"name": self.cfg.node_name, "labels": labels},
-                    "spec": {"podCIDR": self.cfg.pod_cidr, "podCIDRs": [self.cfg.pod_cidr]},
+                    "spec": Self::cidr_spec(&self.cfg.pod_cidr),
                 }))
                 .expect("valid node");
                 match api.create(&PostParams::default(), &node).await {
@@ -251,7 +258,7 @@ impl Registration {
             Some(n) => {
                 let mut spec = json!({});
                 if n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_none() {
-                    spec = json!({"podCIDR": self.cfg.pod_cidr, "podCIDRs": [self.cfg.pod_cidr]});
+                    spec = Self::cidr_spec(&self.cfg.pod_cidr);
                 }
                 let have = n.labels();
                 if labels.iter().any(|(k, v)| have.get(k) != Some(v)) || spec != json!({}) {
@@ -387,6 +394,45 @@ fn strip_heartbeats(status: &Value) -> Value {
         }
     }
     s
+}
+
+/// The pod range the control plane assigns to `node` (kube's node IPAM): creates the Node if
+/// it does not exist yet, then waits for its spec.podCIDR. None: stopped while waiting.
+pub async fn assigned_pod_cidr(
+    client: &Client,
+    node: &str,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Option<String> {
+    let api: Api<Node> = Api::all(client.clone());
+    let mut logged = false;
+    loop {
+        match api.get_opt(node).await {
+            Ok(Some(n)) => {
+                if let Some(c) = n.spec.and_then(|s| s.pod_cidr) {
+                    return Some(c);
+                }
+                if !logged {
+                    tracing::info!(%node, "waiting for the control plane to assign this node's pod range");
+                    logged = true;
+                }
+            }
+            Ok(None) => {
+                let n: Node = serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Node", "metadata": {"name": node},
+                }))
+                .expect("valid node");
+                if let Err(e) = api.create(&PostParams::default(), &n).await {
+                    tracing::warn!(%node, error = %e, "registering the node failed; retrying");
+                }
+                continue;
+            }
+            Err(e) => tracing::warn!(%node, error = %e, "reading the node failed; retrying"),
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return None,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ pub mod history;
 pub mod informer;
 pub mod job;
 pub mod localpath;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod nodeutil;
 pub mod podutil;
@@ -92,6 +93,10 @@ pub struct Config {
     pub volumes_dir: Option<std::path::PathBuf>,
     /// How long a node's Lease may go unrenewed before the node is marked Unknown.
     pub node_monitor_grace: std::time::Duration,
+    /// The cluster's pod range, from which nodes without a podCIDR get a block of
+    /// `node_cidr_mask_size` (None: nodes must bring their own).
+    pub cluster_cidr: Option<nodeipam::Cidr>,
+    pub node_cidr_mask_size: u8,
 }
 
 impl Default for Config {
@@ -100,6 +105,8 @@ impl Default for Config {
             root_ca_pem: None,
             volumes_dir: None,
             node_monitor_grace: std::time::Duration::from_secs(40),
+            cluster_cidr: None,
+            node_cidr_mask_size: 24,
         }
     }
 }
@@ -198,6 +205,17 @@ pub async fn run(
         config.node_monitor_grace,
     ));
     let lifecycle_queue = lifecycle.register();
+    let ipam = config.cluster_cidr.map(|range| {
+        let c = Arc::new(nodeipam::Controller::new(
+            client.clone(),
+            informers.nodes.clone(),
+            recorder.with_component("node-ipam-controller"),
+            range,
+            config.node_cidr_mask_size,
+        ));
+        let q = c.register();
+        (c, q)
+    });
     // The provisioner runs where volumes have a home.
     let local_path = config.volumes_dir.clone().map(|dir| {
         let c = Arc::new(localpath::Controller::new(
@@ -333,6 +351,12 @@ pub async fn run(
         lifecycle.clone(),
         |c, k| async move { c.reconcile(k).await },
     ));
+    if let Some((c, q)) = &ipam {
+        // One worker: blocks are handed out one at a time.
+        tasks.push(workers(q, 1, c.clone(), |c, k| async move {
+            c.reconcile(k).await
+        }));
+    }
     if let Some((c, q)) = &local_path {
         if !classes_served {
             // Nothing to create: claims use the built-in class.
@@ -374,6 +398,9 @@ pub async fn run(
     sts_queue.shutdown();
     lifecycle_queue.shutdown();
     if let Some((_, q)) = &local_path {
+        q.shutdown();
+    }
+    if let Some((_, q)) = &ipam {
         q.shutdown();
     }
     for t in tasks {

@@ -83,6 +83,79 @@ pub async fn create_token(
     ))
 }
 
+pub use corral_agent::SERVING_CERT_PATH;
+
+/// POST SERVING_CERT_PATH: signs a node's serving-certificate request (PEM PKCS#10 body)
+/// with the cluster CA, for callers in system:nodes (join tokens) or system:masters. As
+/// with k3s' node certificates, a join token may ask for any node name: whoever holds
+/// one can join nodes.
+pub async fn sign_serving_cert(
+    ident: Option<corral_api::Identity>,
+    req: http::Request<hyper::body::Incoming>,
+    ca_pem: &str,
+    ca_key_pem: &str,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use http::StatusCode;
+    let status = |code: StatusCode, reason: &str, msg: String| {
+        let body = serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": msg, "reason": reason, "code": code.as_u16(),
+        });
+        (code, axum::Json(body)).into_response()
+    };
+    let Some(ident) = ident else {
+        return status(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Unauthorized".into(),
+        );
+    };
+    if !ident
+        .groups
+        .iter()
+        .any(|g| g == "system:nodes" || g == "system:masters")
+    {
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "user {:?} may not request node serving certificates",
+                ident.user
+            ),
+        );
+    }
+    if req.method() != http::Method::POST {
+        return status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "POST a PEM certificate request".into(),
+        );
+    }
+    let body = match axum::body::to_bytes(axum::body::Body::new(req.into_body()), 64 * 1024).await {
+        Ok(b) => b,
+        Err(e) => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("reading the certificate request (at most 64 KiB): {e}"),
+            )
+        }
+    };
+    let csr = String::from_utf8_lossy(&body);
+    match corral_kubelet_api::certs::sign_node_csr(ca_pem, ca_key_pem, &csr) {
+        Ok(cert) => {
+            tracing::info!(user = %ident.user, "signed a node serving certificate");
+            (
+                [(http::header::CONTENT_TYPE, "application/x-pem-file")],
+                cert,
+            )
+                .into_response()
+        }
+        Err(e) => status(StatusCode::BAD_REQUEST, "BadRequest", e),
+    }
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(data)
@@ -91,10 +164,9 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .collect()
 }
 
-#[allow(dead_code)] // `corral agent` (being wired) is its caller.
 /// A client for a joining agent: fetches the CA from `server`, trusts it only if it
-/// matches the token's hash, then authenticates with the token.
-pub async fn agent_client(server: &str, token: &str) -> Result<kube::Client> {
+/// matches the token's hash, then authenticates with the token. Returns the CA (PEM) too.
+pub async fn agent_client(server: &str, token: &str) -> Result<(kube::Client, String)> {
     let parts = JoinTokenParts::parse(token).map_err(anyhow::Error::msg)?;
     let url: http::Uri = server
         .parse()
@@ -113,10 +185,9 @@ pub async fn agent_client(server: &str, token: &str) -> Result<kube::Client> {
     let mut cfg = kube::Config::new(url);
     cfg.root_cert = Some(ders);
     cfg.auth_info.token = Some(parts.bearer().into());
-    Ok(kube::Client::try_from(cfg)?)
+    Ok((kube::Client::try_from(cfg)?, ca_pem))
 }
 
-#[allow(dead_code)]
 /// GET /cacerts without verifying the server: what it returns is checked against the
 /// token's hash before anything trusts it.
 async fn fetch_cacerts(url: &http::Uri) -> Result<String> {
@@ -162,7 +233,6 @@ async fn fetch_cacerts(url: &http::Uri) -> Result<String> {
     Ok(body.to_string())
 }
 
-#[allow(dead_code)]
 #[derive(Debug)]
 struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
 

@@ -31,6 +31,8 @@ struct Cli {
 enum Command {
     /// Run the API server (and, in later releases, the rest of the control plane).
     Server(ServerArgs),
+    /// Run a node agent that joins a corral server (token from `corral token create`).
+    Agent(JoinArgs),
     /// Join tokens for `corral agent` on other machines.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -196,22 +198,44 @@ struct ServerArgs {
     /// its pods are evicted, e.g. 40s.
     #[arg(long, default_value = "40s", value_parser = parse_secs)]
     node_monitor_grace_period: Duration,
-    #[command(flatten)]
-    agent: AgentArgs,
-}
-
-/// The node agent `corral server` runs for its own node.
-#[derive(clap::Args)]
-struct AgentArgs {
+    /// The cluster's pod range: each node without one gets a /24 of it (this server's
+    /// node the first, unless --pod-cidr says otherwise).
+    #[arg(long, default_value = "10.42.0.0/16", value_parser = corral_controllers::nodeipam::Cidr::parse)]
+    cluster_cidr: corral_controllers::nodeipam::Cidr,
     /// Run no node agent: this server then runs no pods.
     #[arg(long)]
     disable_agent: bool,
-    /// Name of this server's Node (default: the hostname).
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// `corral agent`: a node of the cluster served at --server.
+#[derive(Parser)]
+struct JoinArgs {
+    /// The corral server to join, e.g. https://10.0.0.1:6443 (its CA is checked against
+    /// the token's hash before anything is sent).
+    #[arg(long)]
+    server: String,
+    /// A join token from `corral token create` (K10<ca hash>::<id>.<secret>).
+    #[arg(long)]
+    token: String,
+    /// Where this node's images, containers and logs live.
+    #[arg(long, default_value = "./corral-data")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// The node a server or an agent runs.
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// Name of the Node (default: the hostname).
     #[arg(long)]
     node_name: Option<String>,
     /// The node's pod address range (IPv4); its first address goes to the bridge.
-    #[arg(long, default_value = "10.42.0.0/24")]
-    pod_cidr: String,
+    /// Default: the one the server assigns from its --cluster-cidr.
+    #[arg(long)]
+    pod_cidr: Option<String>,
     /// The bridge pods are attached to (created when missing).
     #[arg(long, default_value = "corral0")]
     bridge: String,
@@ -231,26 +255,38 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
+impl NodeArgs {
+    fn agent_config(&self, data_dir: &std::path::Path) -> corral_agent::AgentConfig {
+        let mut cfg = corral_agent::AgentConfig::new(
+            self.node_name.clone().unwrap_or_else(hostname),
+            data_dir,
+        );
+        cfg.pod_cidr = self.pod_cidr.clone();
+        cfg.bridge = self.bridge.clone();
+        cfg.kubelet_port = self.kubelet_port;
+        cfg.node_ip = self.node_ip;
+        cfg
+    }
+}
+
 /// Starts the node agent for this server's own node.
 fn spawn_agent(
-    args: &AgentArgs,
+    args: &ServerArgs,
     data_dir: &std::path::Path,
+    pki: &pki::Pki,
     client: kube::Client,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let mut cfg =
-        corral_agent::AgentConfig::new(args.node_name.clone().unwrap_or_else(hostname), data_dir);
-    cfg.pod_cidr = args.pod_cidr.clone();
-    cfg.bridge = args.bridge.clone();
-    cfg.kubelet_port = args.kubelet_port;
-    cfg.node_ip = args.node_ip;
-    let pki = data_dir.join("pki");
-    cfg.kubelet_ca = match (
-        std::fs::read_to_string(pki.join("ca.crt")),
-        std::fs::read_to_string(pki.join("ca.key")),
-    ) {
-        (Ok(ca), Ok(key)) => Some((ca, key)),
-        _ => None,
+    let mut cfg = args.node.agent_config(data_dir);
+    // The server's node takes the cluster range's first block unless told otherwise, so it
+    // never waits for the node IPAM controller (which may be disabled).
+    if cfg.pod_cidr.is_none() {
+        cfg.pod_cidr = corral_controllers::nodeipam::first_free(args.cluster_cidr, 24, &[])
+            .map(|c| c.to_string());
+    }
+    cfg.kubelet_tls = corral_agent::KubeletTls::SignWith {
+        ca_pem: pki.ca_pem.clone(),
+        ca_key_pem: pki.ca_key_pem.clone(),
     };
     cfg.node_labels.insert(
         "node-role.kubernetes.io/control-plane".into(),
@@ -299,6 +335,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Server(args) => rt.block_on(server(args)),
         Command::Token(cmd) => rt.block_on(token_command(cmd)),
+        Command::Agent(args) => rt.block_on(agent(args)),
         Command::Image(_) | Command::Shim { .. } => unreachable!("handled before the runtime"),
     }
 }
@@ -314,6 +351,38 @@ fn init_logging(json: bool) {
     } else {
         b.init();
     }
+}
+
+/// `corral agent`: joins the server with the token and runs this node until SIGTERM.
+/// Containers keep running when it stops; the next start adopts them.
+async fn agent(args: JoinArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize()?;
+    let (client, ca_pem) = join::agent_client(&args.server, &args.token).await?;
+    let mut cfg = args.node.agent_config(&data_dir);
+    // Fail now, clearly, if the token is refused, rather than retrying registration forever
+    // (/version would not tell: it is public).
+    kube::Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .get_opt(&cfg.node_name)
+        .await
+        .with_context(|| format!("the server at {} refused the token", args.server))?;
+    cfg.kubelet_tls = corral_agent::KubeletTls::RequestFromServer { ca_pem };
+    tracing::info!(server = %args.server, node = %cfg.node_name, "joining");
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let run = tokio::spawn(corral_agent::run(client, cfg, async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    tokio::select! {
+        r = run => {
+            r.context("node agent task")??;
+            bail!("the node agent stopped");
+        }
+        _ = wait_for_signal() => {}
+    }
+    tracing::info!("stopping the node agent (containers keep running)");
+    let _ = stop_tx.send(true);
+    Ok(())
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
@@ -339,7 +408,11 @@ async fn server(args: ServerArgs) -> Result<()> {
             }
         }
     };
-    let pki = pki::ensure(&data_dir, &args.tls_san)?;
+    let mut sans = args.tls_san.clone();
+    if !args.bind.is_unspecified() && !args.bind.is_loopback() {
+        sans.push(args.bind.to_string());
+    }
+    let pki = pki::ensure(&data_dir, &sans)?;
     let addr = SocketAddr::new(args.bind, args.https_port);
     let listener = serve::bind(addr).await?;
     let local = listener.local_addr()?;
@@ -392,6 +465,8 @@ async fn server(args: ServerArgs) -> Result<()> {
             root_ca_pem: Some(pki.ca_pem.clone()),
             volumes_dir: Some(data_dir.join("volumes")),
             node_monitor_grace: args.node_monitor_grace_period,
+            cluster_cidr: Some(args.cluster_cidr),
+            node_cidr_mask_size: 24,
         };
         tokio::spawn(corral_controllers::run(
             client.clone(),
@@ -401,8 +476,8 @@ async fn server(args: ServerArgs) -> Result<()> {
             },
         ))
     });
-    let agent = (!args.agent.disable_agent)
-        .then(|| spawn_agent(&args.agent, &data_dir, client.clone(), stop_rx.clone()));
+    let agent = (!args.disable_agent)
+        .then(|| spawn_agent(&args, &data_dir, &pki, client.clone(), stop_rx.clone()));
     let tls = serve::tls_config(&serve::TlsFiles {
         ca_pem: &pki.ca_pem,
         cert_pem: &pki.server_cert_pem,
@@ -426,6 +501,7 @@ async fn server(args: ServerArgs) -> Result<()> {
         serve::Auth {
             tokens,
             ca_pem: Arc::new(pki.ca_pem.clone()),
+            ca_key_pem: Arc::new(pki.ca_key_pem.clone()),
         },
         stop_rx,
     ));

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 pub struct Pki {
     pub ca_pem: String,
+    /// The CA's key: signs the kubelet serving certificates of nodes.
+    pub ca_key_pem: String,
     pub server_cert_pem: String,
     pub server_key_pem: String,
     pub admin_cert_pem: String,
@@ -63,8 +65,9 @@ pub fn ensure(dir: &Path, extra_sans: &[String]) -> Result<Pki> {
     let (pki_dir, _) = dir_paths(dir);
     fs::create_dir_all(&pki_dir)?;
     let read = |n: &str| fs::read_to_string(pki_dir.join(n));
-    if let (Ok(ca), Ok(sc), Ok(sk), Ok(ac), Ok(ak), Ok(tok)) = (
+    if let (Ok(ca), Ok(cak), Ok(sc), Ok(sk), Ok(ac), Ok(ak), Ok(tok)) = (
         read("ca.crt"),
+        read("ca.key"),
         read("server.crt"),
         read("server.key"),
         read("admin.crt"),
@@ -73,6 +76,7 @@ pub fn ensure(dir: &Path, extra_sans: &[String]) -> Result<Pki> {
     ) {
         return Ok(Pki {
             ca_pem: ca,
+            ca_key_pem: cak,
             server_cert_pem: sc,
             server_key_pem: sk,
             admin_cert_pem: ac,
@@ -162,8 +166,9 @@ pub fn ensure(dir: &Path, extra_sans: &[String]) -> Result<Pki> {
         admin_cert_pem: admin_cert.pem(),
         admin_key_pem: admin_key.serialize_pem(),
         admin_token: token,
+        ca_key_pem: ca_key.serialize_pem(),
     };
-    write_private(&pki_dir.join("ca.key"), &ca_key.serialize_pem())?;
+    write_private(&pki_dir.join("ca.key"), &pki.ca_key_pem)?;
     write_private(&pki_dir.join("server.key"), &pki.server_key_pem)?;
     write_private(&pki_dir.join("admin.key"), &pki.admin_key_pem)?;
     write_private(&pki_dir.join("admin.token"), &pki.admin_token)?;

@@ -65,11 +65,13 @@ fn identity_from_cert(der: &[u8]) -> Option<Identity> {
     Some(Identity { user, groups })
 }
 
-/// How callers are recognised, and the CA that `/cacerts` hands to joining agents.
+/// How callers are recognised, the CA that `/cacerts` hands to joining agents, and its key
+/// that signs their serving certificates.
 #[derive(Clone)]
 pub struct Auth {
     pub tokens: Arc<crate::tokens::Tokens>,
     pub ca_pem: Arc<String>,
+    pub ca_key_pem: Arc<String>,
 }
 
 /// Accept connections until `stop` fires; each connection is served on its own task.
@@ -125,12 +127,17 @@ pub async fn run(
                     .or_else(|| bearer_identity(&req, &auth.tokens));
                 // The cluster CA, public, for agents that verify it against their token.
                 let cacerts = (req.uri().path() == "/cacerts").then(|| auth.ca_pem.clone());
+                let signing = (req.uri().path() == crate::join::SERVING_CERT_PATH)
+                    .then(|| (auth.ca_pem.clone(), auth.ca_key_pem.clone()));
                 async move {
                     if let Some(pem) = cacerts {
                         return Ok(axum::response::IntoResponse::into_response((
                             [(hyper::header::CONTENT_TYPE, "application/x-pem-file")],
                             pem.to_string(),
                         )));
+                    }
+                    if let Some((ca, key)) = signing {
+                        return Ok(crate::join::sign_serving_cert(ident, req, &ca, &key).await);
                     }
                     if let Some(i) = ident {
                         req.extensions_mut().insert(i);
