@@ -179,7 +179,11 @@ pub async fn charge_quotas(
     if quotas.is_empty() {
         return Ok(charge);
     }
-    quotas.sort_by(|a, b| a.0["metadata"]["name"].as_str().cmp(&b.0["metadata"]["name"].as_str()));
+    quotas.sort_by(|a, b| {
+        a.0["metadata"]["name"]
+            .as_str()
+            .cmp(&b.0["metadata"]["name"].as_str())
+    });
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
     let now = chrono::Utc::now();
     let mut delta = quota::usage(&res.group, &res.plural, obj, now);
@@ -210,7 +214,11 @@ pub async fn charge_quotas(
         };
         if is_core(res, "pods") {
             if let Err(why) = quota::pod_constraints(&restricted, obj) {
-                return Err(forbidden(res, &name, format!("failed quota: {qname}: {why}")));
+                return Err(forbidden(
+                    res,
+                    &name,
+                    format!("failed quota: {qname}: {why}"),
+                ));
             }
         }
         let used = q["status"]["used"].as_object();
@@ -321,9 +329,17 @@ pub fn check_quantities(res: &Resource, obj: &Value) -> ApiResult<Vec<crate::err
         match res.plural.as_str() {
             "pods" => {
                 for list in ["containers", "initContainers", "ephemeralContainers"] {
-                    for (i, c) in obj["spec"][list].as_array().into_iter().flatten().enumerate() {
+                    for (i, c) in obj["spec"][list]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .enumerate()
+                    {
                         for f in ["limits", "requests"] {
-                            lists.push((format!("spec.{list}[{i}].resources.{f}"), &c["resources"][f]));
+                            lists.push((
+                                format!("spec.{list}[{i}].resources.{f}"),
+                                &c["resources"][f],
+                            ));
                         }
                     }
                 }
@@ -335,8 +351,19 @@ pub fn check_quantities(res: &Resource, obj: &Value) -> ApiResult<Vec<crate::err
                 lists.push(("status.used".into(), &obj["status"]["used"]));
             }
             "limitranges" => {
-                for (i, item) in obj["spec"]["limits"].as_array().into_iter().flatten().enumerate() {
-                    for f in ["max", "min", "default", "defaultRequest", "maxLimitRequestRatio"] {
+                for (i, item) in obj["spec"]["limits"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    for f in [
+                        "max",
+                        "min",
+                        "default",
+                        "defaultRequest",
+                        "maxLimitRequestRatio",
+                    ] {
                         lists.push((format!("spec.limits[{i}].{f}"), &item[f]));
                     }
                 }

@@ -64,7 +64,10 @@ impl Controller {
         let me = self.clone();
         pods.on_change(move |c| match c {
             Change::Deleted(p) => me.recount_namespace(&p.namespace().unwrap_or_default()),
-            Change::Applied { old: Some(old), new } => {
+            Change::Applied {
+                old: Some(old),
+                new,
+            } => {
                 let now = chrono::Utc::now();
                 let was = quota::counts_compute(&to_value(*old), now);
                 let is = quota::counts_compute(&to_value(*new), now);
@@ -114,7 +117,10 @@ impl Controller {
         hard: &ResourceList,
     ) -> Result<ResourceList, crate::Error> {
         let names: BTreeSet<String> = hard.keys().cloned().collect();
-        let mut used: ResourceList = names.iter().map(|n| (n.clone(), Quantity::zero())).collect();
+        let mut used: ResourceList = names
+            .iter()
+            .map(|n| (n.clone(), Quantity::zero()))
+            .collect();
         let now = chrono::Utc::now();
         for (group, plural) in kinds_counted(&names) {
             let matched = quota::matching_resources(&group, &plural, &names);
@@ -164,14 +170,18 @@ impl Controller {
 
 /// A quota whose status does not yet cover its spec.
 fn needs_status(rq: &ResourceQuota) -> bool {
-    let hard = rq.spec.as_ref().and_then(|s| s.hard.clone()).unwrap_or_default();
+    let hard = rq
+        .spec
+        .as_ref()
+        .and_then(|s| s.hard.clone())
+        .unwrap_or_default();
     let status = rq.status.clone().unwrap_or_default();
     let shard = status.hard.unwrap_or_default();
     let used = status.used.unwrap_or_default();
     hard.len() != shard.len()
-        || hard.iter().any(|(k, v)| {
-            shard.get(k).map(|s| parse(s)) != Some(parse(v)) || !used.contains_key(k)
-        })
+        || hard
+            .iter()
+            .any(|(k, v)| shard.get(k).map(|s| parse(s)) != Some(parse(v)) || !used.contains_key(k))
 }
 
 fn parse(q: &KQuantity) -> Option<Quantity> {
