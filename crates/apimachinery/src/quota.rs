@@ -300,7 +300,7 @@ pub fn counts_compute(pod: &Value, now: chrono::DateTime<chrono::Utc>) -> bool {
     true
 }
 
-fn container_list<'a>(c: &'a Value, field: &str) -> ResourceList {
+fn container_list(c: &Value, field: &str) -> ResourceList {
     parse_list(&c["resources"][field])
 }
 
@@ -373,8 +373,9 @@ fn compute_usage(requests: &ResourceList, limits: &ResourceList) -> ResourceList
 fn is_extended(name: &str) -> bool {
     match name.split_once('/') {
         Some((domain, _)) => {
-            !(domain == "kubernetes.io" || domain.ends_with(".kubernetes.io"))
-                && !name.starts_with("requests.")
+            !(domain == "kubernetes.io"
+                || domain.ends_with(".kubernetes.io")
+                || name.starts_with("requests."))
         }
         None => false,
     }

@@ -68,6 +68,14 @@ impl Controller {
                 old: Some(old),
                 new,
             } => {
+                // Only a pod that finished or is being deleted can stop counting; most
+                // pod updates are neither, and skip the conversions below.
+                let phase = new.status.as_ref().and_then(|s| s.phase.as_deref());
+                let ending = matches!(phase, Some("Succeeded" | "Failed"))
+                    || new.metadata.deletion_timestamp.is_some();
+                if !ending {
+                    return;
+                }
                 let now = chrono::Utc::now();
                 let was = quota::counts_compute(&to_value(*old), now);
                 let is = quota::counts_compute(&to_value(*new), now);
@@ -181,7 +189,7 @@ fn needs_status(rq: &ResourceQuota) -> bool {
     hard.len() != shard.len()
         || hard
             .iter()
-            .any(|(k, v)| shard.get(k).map(|s| parse(s)) != Some(parse(v)) || !used.contains_key(k))
+            .any(|(k, v)| shard.get(k).map(parse) != Some(parse(v)) || !used.contains_key(k))
 }
 
 fn parse(q: &KQuantity) -> Option<Quantity> {
