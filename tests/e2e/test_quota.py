@@ -6,12 +6,18 @@ objects go away or finish, and concurrent creates that must never overrun a quot
 The session server has no node agent, so pods stay Pending; Pending pods count."""
 
 import json
+import os
 import threading
 import time
+import uuid
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+
+from conftest import Kubectl, Server, _py_config
+
+ETCD = os.environ.get("CORRAL_TEST_ETCD", "")
 
 
 def wait_for(what, fn, timeout=20, interval=0.2):
@@ -134,6 +140,10 @@ def test_pod_count_quota_refuses_the_next_pod_and_frees_room_on_delete(kubectl, 
     wait_for("used pods 1", lambda: quota_used(kubectl, ns, "pods") == {"pods": "1"})
     kubectl.run("create", "-n", ns, "-f", "-", input=pod_yaml("p3"))
     assert quota_used(kubectl, ns, "pods") == {"pods": "2"}
+    # Creating one that exists is refused as such, and charges nothing.
+    p = kubectl.run("create", "-n", ns, "-f", "-", check=False, input=pod_yaml("p3"))
+    assert "(AlreadyExists)" in p.stderr
+    assert quota_used(kubectl, ns, "pods") == {"pods": "2"}
 
 
 def test_compute_quota_requires_requests_and_counts_them(kubectl, ns, api_client):
@@ -234,6 +244,54 @@ def test_concurrent_creates_never_exceed_the_quota(kubectl, ns, api_client):
     assert len(cms) == 3
     used = quota_used(kubectl, ns, "pods")
     assert used["pods"] == "5" and used["count/secrets"] == "3"
+
+
+def race_pod_creates(cores, ns, n):
+    """Creates pods p0..p<n-1> at once, round-robin over the API clients; their statuses."""
+    results = []
+    lock = threading.Lock()
+
+    def create(i):
+        try:
+            cores[i % len(cores)].create_namespaced_pod(
+                ns, {"metadata": {"name": f"p{i}"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+            r = 201
+        except ApiException as e:
+            r = e.status
+        with lock:
+            results.append(r)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(results)
+
+
+@pytest.mark.skipif(not ETCD, reason="CORRAL_TEST_ETCD is not set (scripts/test.sh starts an etcd and sets it)")
+def test_concurrent_creates_through_two_servers_sharing_etcd():
+    # The quota's compare-and-swap holds across API servers: the store is the arbiter.
+    servers, clients = [], []
+    try:
+        for extra in ([], ["--disable-controllers", "--disable-scheduler"]):
+            servers.append(Server(extra_args=["--datastore-endpoint", ETCD, *extra]).start())
+        ka = Kubectl(servers[0])
+        ns = "q-" + uuid.uuid4().hex[:8]
+        ka("create", "namespace", ns)
+        create_quota(ka, ns, "pods", {"pods": "6"})
+        clients = [client.ApiClient(configuration=_py_config(s)) for s in servers]
+        cores = [client.CoreV1Api(c) for c in clients]
+        assert race_pod_creates(cores, ns, 24) == [201] * 6 + [403] * 18
+        assert len(cores[1].list_namespaced_pod(ns).items) == 6
+        assert quota_used(ka, ns, "pods") == {"pods": "6"}
+        ka.run("delete", "namespace", ns, "--wait=false", check=False)
+        ka.cleanup()
+    finally:
+        for c in clients:
+            c.close()
+        for s in servers:
+            s.cleanup()
 
 
 def test_count_deployments_apps(kubectl, ns):

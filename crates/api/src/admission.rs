@@ -242,6 +242,16 @@ pub async fn charge_quotas(
     if pertinent.is_empty() || delta.is_empty() {
         return Ok(charge);
     }
+    // A create of an object that exists already is refused before anything is charged.
+    if old.is_none()
+        && st
+            .store
+            .get(&storage::key(res, Some(ns), &name))
+            .await?
+            .is_some()
+    {
+        return Err(ApiError::already_exists(&res.qualified(), &name));
+    }
 
     let rq = quota_resource(st);
     for qname in pertinent {

@@ -209,11 +209,6 @@ pub async fn create_object(
     if res.is_custom() {
         crate::crd::check_served(st, res)?;
     }
-    // An object that exists already is refused before it is charged to any quota.
-    if st.store.get(&storage::key(res, ns, &name)).await?.is_some() {
-        alloc::release_all(&st.store, &claimed).await;
-        return Err(ApiError::already_exists(&res.qualified(), &name));
-    }
     let charge = match admission::charge_quotas(st, res, ns, &obj, None, ctx.dry_run).await {
         Ok(c) => c,
         Err(e) => {
@@ -224,6 +219,9 @@ pub async fn create_object(
     if ctx.dry_run {
         if let Some(m) = obj["metadata"].as_object_mut() {
             m.remove("resourceVersion");
+        }
+        if st.store.get(&storage::key(res, ns, &name)).await?.is_some() {
+            return Err(ApiError::already_exists(&res.qualified(), &name));
         }
         return Ok((obj, warnings));
     }
