@@ -392,6 +392,8 @@ pub fn check_quantities(res: &Resource, obj: &Value) -> ApiResult<Vec<crate::err
             let text = match v {
                 Value::String(s) => s.clone(),
                 Value::Number(n) => n.to_string(),
+                // Go decodes null as a zero quantity.
+                Value::Null => continue,
                 _ => String::new(),
             };
             match Quantity::parse(&text) {
