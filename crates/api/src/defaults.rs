@@ -19,7 +19,11 @@ pub fn apply(res: &Resource, obj: &mut Value) {
         return;
     }
     match (res.group.as_str(), res.kind.as_str()) {
-        ("", "Pod") => pod_spec(&mut obj["spec"]),
+        ("", "Pod") => {
+            pod_spec(&mut obj["spec"]);
+            requests_from_limits(&mut obj["spec"]);
+        }
+        ("", "LimitRange") => corral_apimachinery::limitrange::set_defaults(obj),
         ("", "Service") => service(&mut obj["spec"]),
         ("", "Secret") => {
             set_default(obj, "type", json!("Opaque"));
@@ -251,6 +255,29 @@ pub fn pod_spec(spec: &mut Value) {
             }
             if v["hostPath"].is_object() {
                 set_default(&mut v["hostPath"], "type", json!(""));
+            }
+        }
+    }
+}
+
+/// A pod's container that sets a limit but no request for a resource requests its limit
+/// (SetDefaults_Pod; templates are left as written).
+fn requests_from_limits(spec: &mut Value) {
+    for list in ["initContainers", "containers"] {
+        for c in spec[list].as_array_mut().into_iter().flatten() {
+            let Some(limits) = c["resources"]["limits"].as_object().cloned() else {
+                continue;
+            };
+            if limits.is_empty() {
+                continue;
+            }
+            if !c["resources"]["requests"].is_object() {
+                c["resources"]["requests"] = json!({});
+            }
+            for (k, v) in limits {
+                if c["resources"]["requests"].get(&k).is_none() {
+                    c["resources"]["requests"][k] = v;
+                }
             }
         }
     }

@@ -155,6 +155,17 @@ impl ApiError {
         .with_details(json!({"name": name, "group": group, "kind": kind}))
     }
 
+    /// 403 as an admission plugin refuses a write: `pods "p" is forbidden: <why>`.
+    pub fn forbidden(qualified: &str, name: &str, why: &str) -> Self {
+        let (kind, group) = split_qualified(qualified);
+        Self::new(
+            403,
+            "Forbidden",
+            format!("{qualified} \"{name}\" is forbidden: {why}"),
+        )
+        .with_details(json!({"name": name, "group": group, "kind": kind}))
+    }
+
     pub fn modified(qualified: &str, name: &str) -> Self {
         Self::conflict(
             qualified,

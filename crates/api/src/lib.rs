@@ -2,6 +2,7 @@
 //! built-in kinds and CRDs, patches, server-side apply, watch, tables and validation, over a
 //! `corral_store::Store`. It knows nothing of pods running: other parts are its clients.
 
+pub mod admission;
 pub mod alloc;
 pub mod apply;
 pub mod body;

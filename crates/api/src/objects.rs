@@ -309,8 +309,7 @@ pub fn reset_status_on_create(res: &Resource, obj: &mut Value) {
         ("", "Namespace")
         | ("", "Node")
         | ("", "PersistentVolume")
-        | ("", "PersistentVolumeClaim")
-        | ("", "ResourceQuota") => {}
+        | ("", "PersistentVolumeClaim") => {}
         ("", "Service") => {
             obj["status"] = json!({"loadBalancer": {}});
         }

@@ -856,6 +856,36 @@ impl Controller {
                 }
             }
         }
+        // A ReplicaSet that cannot create pods (a quota refused them, say) shows on the
+        // Deployment too, as Kubernetes' getReplicaFailures does.
+        let failure = new.into_iter().chain(rss.iter()).find_map(|r| {
+            r.obj
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+                .cloned()
+        });
+        match failure {
+            Some(c) => set_condition(
+                &mut status,
+                DeploymentCondition {
+                    type_: c.type_,
+                    status: c.status,
+                    reason: c.reason,
+                    message: c.message,
+                    last_update_time: c.last_transition_time.clone(),
+                    last_transition_time: c.last_transition_time,
+                },
+            ),
+            None => {
+                if let Some(list) = status.conditions.as_mut() {
+                    list.retain(|c| c.type_ != "ReplicaFailure");
+                }
+            }
+        }
         if status != old {
             let api: Api<Deployment> =
                 Api::namespaced(self.client.clone(), &d.namespace().unwrap_or_default());

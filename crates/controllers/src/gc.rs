@@ -90,8 +90,12 @@ impl Graph {
     }
 }
 
+/// Told of every object deletion the collector sees: (group, plural, namespace).
+type DeleteHook = Box<dyn Fn(&str, &str, Option<&str>) + Send + Sync>;
+
 pub struct GarbageCollector {
     client: Client,
+    on_delete: Mutex<Vec<DeleteHook>>,
     graph: Mutex<Graph>,
     /// Keys are object uids (in `name`).
     queue: Queue,
@@ -107,6 +111,7 @@ impl GarbageCollector {
     pub fn new(client: Client) -> Arc<GarbageCollector> {
         Arc::new(GarbageCollector {
             client,
+            on_delete: Default::default(),
             graph: Default::default(),
             queue: Queue::new("garbage-collector"),
             kinds: Default::default(),
@@ -115,6 +120,12 @@ impl GarbageCollector {
 
     pub fn queue(&self) -> Queue {
         self.queue.clone()
+    }
+
+    /// Calls `f` whenever an object of any watched kind goes away (the quota controller
+    /// recounts its namespace), so no other controller needs a watch of every kind.
+    pub fn on_delete(&self, f: impl Fn(&str, &str, Option<&str>) + Send + Sync + 'static) {
+        self.on_delete.lock().unwrap().push(Box::new(f));
     }
 
     /// Discovers resources now and every 30 s, starting a metadata watch for each new one.
@@ -257,6 +268,13 @@ impl GarbageCollector {
         if let Some(old) = old {
             for r in &old.owners {
                 self.queue.add(uid_key(&r.uid));
+            }
+            for hook in self.on_delete.lock().unwrap().iter() {
+                hook(
+                    &old.resource.ar.group,
+                    &old.resource.ar.plural,
+                    old.namespace.as_deref(),
+                );
             }
         }
     }

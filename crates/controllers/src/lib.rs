@@ -21,6 +21,7 @@ pub mod nodeutil;
 pub mod podutil;
 pub mod queue;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod selector;
 pub mod serviceaccount;
 pub mod statefulset;
@@ -31,7 +32,8 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount,
+    ConfigMap, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ResourceQuota,
+    ServiceAccount,
 };
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::{Api, Client};
@@ -232,6 +234,23 @@ pub async fn run(
     });
     let gc = gc::GarbageCollector::new(client.clone());
     let gc_queue = gc.queue();
+    let quotas: informer::Informer<ResourceQuota> = informer::Informer::new("ResourceQuota");
+    let rq = Arc::new(resourcequota::Controller::new(
+        client.clone(),
+        quotas.clone(),
+    ));
+    let rq_queue = rq.register(&informers.pods);
+    {
+        let rq = rq.clone();
+        gc.on_delete(move |group, plural, ns| {
+            // Pods are followed through their own informer (they also free quota when
+            // they finish); events come and go too often to matter.
+            let pods = group.is_empty() && plural == "pods";
+            if let (Some(ns), false) = (ns, pods || plural == "events") {
+                rq.recount_namespace(ns);
+            }
+        });
+    }
     let rs_queue = rs.register();
     let deploy_queue = deploy.register();
 
@@ -282,6 +301,7 @@ pub async fn run(
     if classes_served {
         tasks.push(informers.classes.start(Api::all(client.clone()), stopped()));
     }
+    tasks.push(quotas.start(Api::all(client.clone()), stopped()));
     tasks.push(namespaces.start(Api::all(client.clone()), stopped()));
     tasks.push(accounts.start(Api::all(client.clone()), stopped()));
     tasks.push(root_ca.start_with(
@@ -367,6 +387,10 @@ pub async fn run(
             c.reconcile(k).await
         }));
     }
+    quotas.synced().await;
+    tasks.push(workers(&rq_queue, 2, rq.clone(), |c, k| async move {
+        c.reconcile(k).await
+    }));
     namespaces.synced().await;
     {
         let sa = sa.clone();
@@ -388,6 +412,7 @@ pub async fn run(
     shutdown.await;
     let _ = stop_tx.send(true);
     gc_queue.shutdown();
+    rq_queue.shutdown();
     sa_queue.shutdown();
     rs_queue.shutdown();
     deploy_queue.shutdown();

@@ -3,6 +3,7 @@
 //! the one read; a conflict the client did not cause (no resourceVersion in its request)
 //! is retried here, one it did cause is a 409.
 
+use crate::admission;
 use crate::alloc;
 use crate::body::{self, json_response, read_body};
 use crate::error::{ApiError, ApiResult};
@@ -176,11 +177,13 @@ pub async fn create_object(
         obj["spec"]["finalizers"] = json!(["kubernetes"]);
     }
     let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
-    let causes = validation::validate(res, &obj, None);
+    let mut causes = admission::check_quantities(res, &obj)?;
+    causes.extend(validation::validate(res, &obj, None));
     if !causes.is_empty() {
         return Err(ApiError::invalid(&res.kind, &res.group, &name, causes));
     }
     check_namespace(st, res, ns).await?;
+    admission::limit_ranges(st, res, ns, &mut obj, false).await?;
     if !ctx.apply {
         // A create owns what the client sent and was kept, not what defaulting filled in.
         let kept = managed::owned_fields(&obj);
@@ -206,6 +209,13 @@ pub async fn create_object(
     if res.is_custom() {
         crate::crd::check_served(st, res)?;
     }
+    let charge = match admission::charge_quotas(st, res, ns, &obj, None, ctx.dry_run).await {
+        Ok(c) => c,
+        Err(e) => {
+            alloc::release_all(&st.store, &claimed).await;
+            return Err(e);
+        }
+    };
     if ctx.dry_run {
         if let Some(m) = obj["metadata"].as_object_mut() {
             m.remove("resourceVersion");
@@ -215,14 +225,19 @@ pub async fn create_object(
         }
         return Ok((obj, warnings));
     }
-    match storage::put(&st.store, res, ns, &name, &obj, Compare::Absent).await? {
-        Some(stored) => {
+    match storage::put(&st.store, res, ns, &name, &obj, Compare::Absent).await {
+        Ok(Some(stored)) => {
             warnings.extend(crate::crd::after_write(st, res, &stored).await);
             Ok((stored, warnings))
         }
-        None => {
+        Ok(None) => {
+            charge.refund(st).await;
             alloc::release_all(&st.store, &claimed).await;
             Err(ApiError::already_exists(&res.qualified(), &name))
+        }
+        Err(e) => {
+            charge.refund(st).await;
+            Err(e)
         }
     }
 }
@@ -366,9 +381,13 @@ where
         if res.group.is_empty() && res.plural == "services" {
             carry_service_allocations(&current, &mut new);
         }
-        let causes = validation::validate(res, &new, Some(&current));
+        let mut causes = admission::check_quantities(res, &new)?;
+        causes.extend(validation::validate(res, &new, Some(&current)));
         if !causes.is_empty() {
             return Err(ApiError::invalid(&res.kind, &res.group, name, causes));
+        }
+        if sub.is_none() {
+            admission::limit_ranges(st, res, ns, &mut new, true).await?;
         }
         let op = if ctx.apply { "Apply" } else { "Update" };
         managed::record(
@@ -398,11 +417,17 @@ where
                 None => continue,
             }
         }
+        let charge = match sub {
+            None => {
+                admission::charge_quotas(st, res, ns, &new, Some(&current), ctx.dry_run).await?
+            }
+            Some(_) => admission::Charge::default(),
+        };
         if ctx.dry_run {
             storage::set_resource_version(&mut new, kv.mod_revision);
             return Ok((new, warnings, 200));
         }
-        match storage::put(
+        let stored = storage::put(
             &st.store,
             res,
             ns,
@@ -410,16 +435,23 @@ where
             &new,
             Compare::ModRevision(kv.mod_revision),
         )
-        .await?
-        {
-            Some(stored) => {
+        .await;
+        match stored {
+            Ok(Some(stored)) => {
                 warnings.extend(crate::crd::after_write(st, res, &stored).await);
                 return Ok((stored, warnings, 200));
             }
-            None if precondition.is_some() => {
-                return Err(ApiError::modified(&res.qualified(), name))
+            Ok(None) => {
+                charge.refund(st).await;
+                if precondition.is_some() {
+                    return Err(ApiError::modified(&res.qualified(), name));
+                }
+                continue;
             }
-            None => continue,
+            Err(e) => {
+                charge.refund(st).await;
+                return Err(e);
+            }
         }
     }
     Err(ApiError::modified(&res.qualified(), name))
