@@ -11,6 +11,7 @@ finishes graceful deletions, and waits for a pod's claims to be Bound before sta
 A node whose heartbeat stops gets none of that, as with a dead kubelet."""
 
 import datetime
+import json
 import os
 import threading
 import time
@@ -761,18 +762,11 @@ def test_statefulset_ordered_with_local_path_volumes(wk, api, wns, wserver):
     apps = client.AppsV1Api(api)
     core = client.CoreV1Api(api)
     storage = client.StorageV1Api(api)
-    try:
-        storage.list_storage_class()
-        served = True
-    except client.ApiException as e:
-        # An API server without storage.k8s.io: claims use the built-in local-path class.
-        assert e.status == 404
-        served = False
-    if served:
-        sc = wait_for(lambda: next((s for s in storage.list_storage_class().items if s.metadata.name == "local-path"), None), what="local-path StorageClass")
-        assert sc.provisioner == "corral.dev/local-path"
-        assert sc.volume_binding_mode == "WaitForFirstConsumer"
-        assert sc.metadata.annotations["storageclass.kubernetes.io/is-default-class"] == "true"
+    sc = wait_for(lambda: next((s for s in storage.list_storage_class().items if s.metadata.name == "local-path"), None), what="local-path StorageClass")
+    assert sc.provisioner == "corral.dev/local-path"
+    assert sc.volume_binding_mode == "WaitForFirstConsumer"
+    assert sc.metadata.annotations["storageclass.kubernetes.io/is-default-class"] == "true"
+    assert "local-path (default)" in wk("get", "storageclass")
     apps.create_namespaced_stateful_set(wns, sts_body("db"))
     wk("rollout", "status", "sts/db", "-n", wns, "--timeout=90s")
     pods = {p.metadata.name: p for p in core.list_namespaced_pod(wns, label_selector="app=db").items}
@@ -790,6 +784,7 @@ def test_statefulset_ordered_with_local_path_volumes(wk, api, wns, wserver):
         assert vol.persistent_volume_claim.claim_name == f"data-db-{i}"
         pvc = core.read_namespaced_persistent_volume_claim(f"data-db-{i}", wns)
         assert pvc.status.phase == "Bound"
+        assert pvc.spec.storage_class_name == "local-path"  # the default class, set on create
         pv = core.read_persistent_volume(pvc.spec.volume_name)
         assert pv.status.phase == "Bound"
         assert pv.spec.claim_ref.name == f"data-db-{i}" and pv.spec.claim_ref.namespace == wns
@@ -961,3 +956,31 @@ def test_silent_node_goes_unknown_and_its_pods_move(wk, api, wns, cluster):
     finally:
         cluster.remove_node(f"{g}-x")
         cluster.remove_node(f"{g}-y")
+
+
+def test_storage_classes_are_validated_and_the_default_is_applied(wk, api, wns):
+    storage = client.StorageV1Api(api)
+    core = client.CoreV1Api(api)
+    name = "fast-" + wns
+    bad = {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": name},
+           "provisioner": "example.com/x", "reclaimPolicy": "Keep"}
+    p = wk.run("apply", "-f", "-", input=json.dumps(bad), check=False)
+    assert p.returncode != 0 and 'reclaimPolicy: Unsupported value: "Keep"' in p.stderr, p.stderr
+    good = dict(bad, reclaimPolicy="Retain", parameters={"tier": "1"})
+    wk.run("apply", "-f", "-", input=json.dumps(good))
+    try:
+        sc = storage.read_storage_class(name)
+        assert sc.volume_binding_mode == "Immediate" and sc.reclaim_policy == "Retain"
+        p = wk.run("patch", "storageclass", name, "-p", '{"parameters":{"tier":"2"}}', check=False)
+        assert p.returncode != 0 and "parameters: Forbidden: updates to parameters are forbidden." in p.stderr, p.stderr
+        out = wk("get", "sc", name)
+        assert "example.com/x" in out and "Retain" in out and "Immediate" in out
+        # A claim naming a class keeps it; "" means no class at all.
+        for claim, cls in (("named", name), ("none", "")):
+            core.create_namespaced_persistent_volume_claim(wns, {
+                "metadata": {"name": claim},
+                "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": cls,
+                         "resources": {"requests": {"storage": "1Mi"}}}})
+            assert core.read_namespaced_persistent_volume_claim(claim, wns).spec.storage_class_name == cls
+    finally:
+        storage.delete_storage_class(name)

@@ -44,6 +44,47 @@ async fn list_in(st: &Shared, plural: &str, ns: &str) -> ApiResult<Vec<(Value, i
         .collect()
 }
 
+/// DefaultStorageClass: a claim created without `storageClassName` (absent, not "") gets
+/// the default class, the one annotated `storageclass.kubernetes.io/is-default-class:
+/// "true"` (the newest when several are, as Kubernetes 1.28+).
+pub async fn default_storage_class(st: &Shared, res: &Resource, obj: &mut Value) -> ApiResult<()> {
+    if !is_core(res, "persistentvolumeclaims") || !obj["spec"]["storageClassName"].is_null() {
+        return Ok(());
+    }
+    let Some(r) = st.registry.lookup("storage.k8s.io", "v1", "storageclasses") else {
+        return Ok(());
+    };
+    let start = storage::prefix(&r, None);
+    let end = storage::prefix_end(&start);
+    let page = st.store.range(&start, &end, 0).await?;
+    let is_default = |c: &Value| {
+        let a = &c["metadata"]["annotations"];
+        a["storageclass.kubernetes.io/is-default-class"] == "true"
+            || a["storageclass.beta.kubernetes.io/is-default-class"] == "true"
+    };
+    let mut best: Option<(String, String)> = None;
+    for kv in &page.kvs {
+        let c = storage::decode(&r, kv)?;
+        if !is_default(&c) {
+            continue;
+        }
+        let created = c["metadata"]["creationTimestamp"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let name = c["metadata"]["name"].as_str().unwrap_or("").to_string();
+        if best.as_ref().is_none_or(|(t, n)| (&created, &name) > (t, n)) {
+            best = Some((created, name));
+        }
+    }
+    if let Some((_, name)) = best {
+        if obj["spec"].is_object() {
+            obj["spec"]["storageClassName"] = json!(name);
+        }
+    }
+    Ok(())
+}
+
 /// LimitRanger: defaults on pod create, then min/max/ratio for pods (create) and claims
 /// (create and update).
 pub async fn limit_ranges(

@@ -85,6 +85,7 @@ builtin_types! {
     "io.k8s.api.rbac.v1.ClusterRole" => api::rbac::v1::ClusterRole,
     "io.k8s.api.rbac.v1.ClusterRoleBinding" => api::rbac::v1::ClusterRoleBinding,
     "io.k8s.api.policy.v1.PodDisruptionBudget" => api::policy::v1::PodDisruptionBudget,
+    "io.k8s.api.storage.v1.StorageClass" => api::storage::v1::StorageClass,
     "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition" => apiext::CustomResourceDefinition,
 }
 

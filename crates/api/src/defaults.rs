@@ -119,6 +119,10 @@ pub fn apply(res: &Resource, obj: &mut Value) {
             set_default(spec, "failedJobsHistoryLimit", json!(1));
             job_spec(&mut spec["jobTemplate"]["spec"]);
         }
+        ("storage.k8s.io", "StorageClass") => {
+            set_default(obj, "reclaimPolicy", json!("Delete"));
+            set_default(obj, "volumeBindingMode", json!("Immediate"));
+        }
         ("autoscaling", _) => {
             set_default(&mut obj["spec"], "minReplicas", json!(1));
         }

@@ -172,6 +172,7 @@ pub fn builtin_resources() -> Vec<Resource> {
         B { group: "rbac.authorization.k8s.io", version: "v1", kind: "RoleBinding", plural: "rolebindings", short: NONE, namespaced: true, status: false, scale: false, def: "io.k8s.api.rbac.v1.RoleBinding", categories: NONE },
         B { group: "rbac.authorization.k8s.io", version: "v1", kind: "ClusterRole", plural: "clusterroles", short: NONE, namespaced: false, status: false, scale: false, def: "io.k8s.api.rbac.v1.ClusterRole", categories: NONE },
         B { group: "rbac.authorization.k8s.io", version: "v1", kind: "ClusterRoleBinding", plural: "clusterrolebindings", short: NONE, namespaced: false, status: false, scale: false, def: "io.k8s.api.rbac.v1.ClusterRoleBinding", categories: NONE },
+        B { group: "storage.k8s.io", version: "v1", kind: "StorageClass", plural: "storageclasses", short: &["sc"], namespaced: false, status: false, scale: false, def: "io.k8s.api.storage.v1.StorageClass", categories: NONE },
         B { group: "policy", version: "v1", kind: "PodDisruptionBudget", plural: "poddisruptionbudgets", short: &["pdb"], namespaced: true, status: true, scale: false, def: "io.k8s.api.policy.v1.PodDisruptionBudget", categories: NONE },
         B { group: "apiextensions.k8s.io", version: "v1", kind: "CustomResourceDefinition", plural: "customresourcedefinitions", short: &["crd", "crds"], namespaced: false, status: true, scale: false, def: "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition", categories: NONE },
     ];

@@ -183,6 +183,7 @@ pub async fn create_object(
         return Err(ApiError::invalid(&res.kind, &res.group, &name, causes));
     }
     check_namespace(st, res, ns).await?;
+    admission::default_storage_class(st, res, &mut obj).await?;
     admission::limit_ranges(st, res, ns, &mut obj, false).await?;
     if !ctx.apply {
         // A create owns what the client sent and was kept, not what defaulting filled in.

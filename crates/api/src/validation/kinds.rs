@@ -101,6 +101,33 @@ pub fn validate_kind(res: &Resource, obj: &Value, old: Option<&Value>, c: &mut V
             }
         }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => crate::crd::validate(obj, old, c),
+        ("storage.k8s.io", "StorageClass") => {
+            if obj["provisioner"].as_str().is_none_or(str::is_empty) {
+                c.push(Cause::required("provisioner"));
+            }
+            for (field, allowed) in [
+                ("reclaimPolicy", &["Delete", "Retain"][..]),
+                ("volumeBindingMode", &["Immediate", "WaitForFirstConsumer"][..]),
+            ] {
+                if let Some(v) = obj[field].as_str() {
+                    if !allowed.contains(&v) {
+                        c.push(Cause::unsupported(field, &obj[field], allowed));
+                    }
+                }
+            }
+            if let Some(old) = old {
+                // Kubernetes: "updates to parameters are forbidden." (and the same for the
+                // provisioner, reclaimPolicy and volumeBindingMode).
+                for field in ["parameters", "provisioner", "reclaimPolicy", "volumeBindingMode"] {
+                    if old[field] != obj[field] {
+                        c.push(Cause::forbidden(
+                            field,
+                            format!("updates to {field} are forbidden."),
+                        ));
+                    }
+                }
+            }
+        }
         ("", "PersistentVolumeClaim") => {
             if let Some(old) = old {
                 let strip = |v: &Value| {
