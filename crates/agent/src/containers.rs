@@ -563,6 +563,8 @@ pub async fn build(
     spec.readonly_rootfs = sc
         .and_then(|s| s.read_only_root_filesystem)
         .unwrap_or(false);
+    // Kubernetes' AddNoNewPrivileges: only an explicit allowPrivilegeEscalation: false.
+    spec.no_new_privileges = sc.and_then(|s| s.allow_privilege_escalation) == Some(false);
     spec.resources = resources(c);
     spec.tty = c.tty.unwrap_or(false);
     spec.stdin = c.stdin.unwrap_or(false);

@@ -433,7 +433,8 @@ struct CapData {
 }
 
 /// Bounding set to the allowed capabilities, then the user and groups, then (for root) the
-/// effective set; a non-root user keeps none (as with Docker).
+/// effective set; a non-root user keeps none (as with Docker). Last, no_new_privs when the
+/// spec asks for it (exec sessions get it too, as runc gives them).
 pub(crate) fn drop_privileges(cfg: &ContainerConfig) -> io::Result<()> {
     let mask = cap_mask(cfg.spec.capabilities.as_deref())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
@@ -489,6 +490,10 @@ pub(crate) fn drop_privileges(cfg: &ContainerConfig) -> io::Result<()> {
         if r != 0 {
             return Err(err("capset", io::Error::last_os_error()));
         }
+    }
+    if cfg.spec.no_new_privileges {
+        cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+            .map_err(|e| err("no_new_privs", e))?;
     }
     Ok(())
 }
