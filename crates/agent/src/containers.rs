@@ -568,6 +568,7 @@ pub async fn build(
     spec.resources = resources(c);
     spec.tty = c.tty.unwrap_or(false);
     spec.stdin = c.stdin.unwrap_or(false);
+    spec.stdin_once = spec.stdin && c.stdin_once.unwrap_or(false);
     if let Some(caps) = sc.and_then(|s| s.capabilities.as_ref()) {
         let mut set: Vec<String> = DEFAULT_CAPS.iter().map(|s| s.to_string()).collect();
         let norm = |s: &String| s.trim_start_matches("CAP_").to_ascii_uppercase();

@@ -106,6 +106,10 @@ pub struct ContainerSpec {
     /// Give the container a stdin: a FIFO at `<container dir>/stdin` that the agent may open
     /// for writing. Without it, stdin is /dev/null.
     pub stdin: bool,
+    /// Close the container's stdin when the first attach session that wrote to it ends
+    /// (the pod's `stdinOnce`).
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 impl ContainerSpec {
@@ -133,6 +137,7 @@ impl ContainerSpec {
             log_path,
             tty: false,
             stdin: false,
+            stdin_once: false,
         }
     }
 }
