@@ -168,9 +168,7 @@ pub async fn serve(
         Proto::Ws(p, accept) => {
             tokio::spawn(async move {
                 match on_upgrade.await {
-                    Ok(up) => {
-                        run_websocket(TokioIo::new(up), p == V5, opts, session, attach).await
-                    }
+                    Ok(up) => run_websocket(TokioIo::new(up), p == V5, opts, session, attach).await,
                     Err(e) => tracing::debug!(error = %e, "exec: upgrade failed"),
                 }
             });

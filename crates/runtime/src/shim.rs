@@ -513,9 +513,8 @@ fn copy_output(
                 )
             };
             // (A terminal's master side is non-blocking when it also takes attach input.)
-            let again = |e: io::Error| {
-                matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN))
-            };
+            let again =
+                |e: io::Error| matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN));
             if n > 0 {
                 splitter.push(&buf[..n as usize], &mut out);
                 progressed = true;
