@@ -17,6 +17,7 @@ pub mod job;
 pub mod localpath;
 pub mod nodelifecycle;
 pub mod nodeutil;
+pub mod podgc;
 pub mod podutil;
 pub mod queue;
 pub mod replicaset;
@@ -92,6 +93,8 @@ pub struct Config {
     pub volumes_dir: Option<std::path::PathBuf>,
     /// How long a node's Lease may go unrenewed before the node is marked Unknown.
     pub node_monitor_grace: std::time::Duration,
+    /// The pod garbage collector's threshold, quarantine and period.
+    pub pod_gc: podgc::Settings,
 }
 
 impl Default for Config {
@@ -100,6 +103,7 @@ impl Default for Config {
             root_ca_pem: None,
             volumes_dir: None,
             node_monitor_grace: std::time::Duration::from_secs(40),
+            pod_gc: podgc::Settings::default(),
         }
     }
 }
@@ -198,6 +202,13 @@ pub async fn run(
         config.node_monitor_grace,
     ));
     let lifecycle_queue = lifecycle.register();
+    let pod_gc = Arc::new(podgc::Controller::new(
+        client.clone(),
+        informers.pods.clone(),
+        informers.nodes.clone(),
+        config.pod_gc.clone(),
+    ));
+    let pod_gc_queue = pod_gc.register();
     // The provisioner runs where volumes have a home.
     let local_path = config.volumes_dir.clone().map(|dir| {
         let c = Arc::new(localpath::Controller::new(
@@ -333,6 +344,12 @@ pub async fn run(
         lifecycle.clone(),
         |c, k| async move { c.reconcile(k).await },
     ));
+    tasks.push(workers(
+        &pod_gc_queue,
+        1,
+        pod_gc.clone(),
+        |c, k| async move { c.reconcile(k).await },
+    ));
     if let Some((c, q)) = &local_path {
         if !classes_served {
             // Nothing to create: claims use the built-in class.
@@ -373,6 +390,7 @@ pub async fn run(
     ds_queue.shutdown();
     sts_queue.shutdown();
     lifecycle_queue.shutdown();
+    pod_gc_queue.shutdown();
     if let Some((_, q)) = &local_path {
         q.shutdown();
     }

@@ -196,6 +196,14 @@ struct ServerArgs {
     /// its pods are evicted, e.g. 40s.
     #[arg(long, default_value = "40s", value_parser = parse_secs)]
     node_monitor_grace_period: Duration,
+    /// Terminated pods (Succeeded or Failed) kept before the pod garbage collector deletes
+    /// the oldest; 0 keeps them all.
+    #[arg(long, default_value_t = 12500)]
+    terminated_pod_gc_threshold: usize,
+    /// How long a node must be gone before the pod garbage collector deletes its pods
+    /// (it also looks this often, at most every 20s), e.g. 40s.
+    #[arg(long, default_value = "40s", value_parser = parse_secs)]
+    pod_gc_quarantine: Duration,
     #[command(flatten)]
     agent: AgentArgs,
 }
@@ -392,6 +400,13 @@ async fn server(args: ServerArgs) -> Result<()> {
             root_ca_pem: Some(pki.ca_pem.clone()),
             volumes_dir: Some(data_dir.join("volumes")),
             node_monitor_grace: args.node_monitor_grace_period,
+            pod_gc: corral_controllers::podgc::Settings {
+                terminated_threshold: args.terminated_pod_gc_threshold,
+                quarantine: args.pod_gc_quarantine,
+                period: args
+                    .pod_gc_quarantine
+                    .clamp(Duration::from_secs(1), Duration::from_secs(20)),
+            },
         };
         tokio::spawn(corral_controllers::run(
             client.clone(),
