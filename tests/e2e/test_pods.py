@@ -626,6 +626,10 @@ def test_security_context(node, kc, pns):
     apply(kc, pns, sleeper("locked", node, securityContext={
         "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}))
     apply(kc, pns, sleeper("plain", node))
+    groups = sleeper("groups", node)
+    groups["spec"]["securityContext"] = {"runAsUser": 1000, "supplementalGroups": [4000], "fsGroup": 5000}
+    apply(kc, pns, groups)
+    apply(kc, pns, sleeper("privileged", node, securityContext={"privileged": True}))
 
     def sh(name, script, check=True):
         return kc.run("exec", "-n", pns, name, "--", "sh", "-c", script, check=check)
@@ -636,6 +640,11 @@ def test_security_context(node, kc, pns):
     assert "Uid:\t1000\t1000\t1000\t1000" in sh("uid", "cat /proc/1/status").stdout
     running_pod(kc, pns, "podlevel")
     assert sh("podlevel", "id -u; id -g").stdout.split() == ["2000", "3000"]
+    running_pod(kc, pns, "groups")
+    assert {"4000", "5000"} <= set(sh("groups", "id -G").stdout.split())
+    running_pod(kc, pns, "privileged")
+    caps = dict(l.split(":\t", 1) for l in sh("privileged", "cat /proc/self/status").stdout.splitlines() if ":\t" in l)
+    assert int(caps["CapEff"], 16) & (1 << 21), caps  # CAP_SYS_ADMIN
     running_pod(kc, pns, "nonroot")
     assert sh("nonroot", "id -u").stdout.strip() == "1000"
 
