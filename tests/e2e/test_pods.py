@@ -552,3 +552,213 @@ def test_logs_exec_and_port_forward_reach_the_container(node, kc, pns):
         pf.kill()
         pf.wait()
     kc("delete", "deploy/stream", "-n", pns)
+
+
+def running_pod(kc, ns, name):
+    """Waits until the pod's containers all run and returns it."""
+    def running():
+        p = get_pod(kc, ns, name)
+        sts = p.get("status", {}).get("containerStatuses") or []
+        return p if sts and all("running" in s.get("state", {}) for s in sts) else None
+
+    return wait_for(f"pod {name} to run", running, timeout=60)
+
+
+def sleeper(name, node, **container):
+    c = {"name": "c", "image": "busybox:test", "command": ["sleep", "3600"]}
+    c.update(container)
+    return pod(name, node, [c], terminationGracePeriodSeconds=1)
+
+
+def test_kubectl_cp_both_directions(node, kc, pns, tmp_path):
+    """kubectl cp runs tar in the container over exec (stdin closed with the v5 CLOSE
+    signal when copying in): a file and a directory go in and come back byte for byte."""
+    apply(kc, pns, sleeper("cp", node))
+    running_pod(kc, pns, "cp")
+    data = bytes(range(256)) * 64 + os.urandom(100_000) + b"\x00\r\nend"
+    src = tmp_path / "blob.bin"
+    src.write_bytes(data)
+    kc("cp", str(src), f"{pns}/cp:/tmp/blob.bin")
+    size = kc("exec", "-n", pns, "cp", "--", "stat", "-c", "%s", "/tmp/blob.bin").strip()
+    assert size == str(len(data))
+    back = tmp_path / "back.bin"
+    kc("cp", f"{pns}/cp:/tmp/blob.bin", str(back))
+    assert back.read_bytes() == data
+
+    tree = tmp_path / "tree"
+    (tree / "sub" / "deeper").mkdir(parents=True)
+    files = {
+        "top.txt": b"top level\n",
+        "sub/a.txt": b"in a subdirectory\n",
+        "sub/deeper/b.bin": os.urandom(5000),
+        "sub/empty": b"",
+    }
+    for rel, content in files.items():
+        (tree / rel).write_bytes(content)
+    kc("cp", str(tree), f"{pns}/cp:/tmp/tree")
+    listed = kc("exec", "-n", pns, "cp", "--", "find", "/tmp/tree", "-type", "f").split()
+    assert sorted(listed) == sorted(f"/tmp/tree/{r}" for r in files)
+    got = tmp_path / "got"
+    kc("cp", f"{pns}/cp:/tmp/tree", str(got))
+    for rel, content in files.items():
+        assert (got / rel).read_bytes() == content, rel
+    # A missing path copies nothing. (Whether kubectl prints tar's complaint, and its exit
+    # code, race with its own end of the copy, so they are not checked.)
+    kc.run("cp", f"{pns}/cp:/tmp/missing", str(tmp_path / "missing"), check=False)
+    assert not (tmp_path / "missing").exists()
+    kc("delete", "pod", "cp", "-n", pns, "--wait=false")
+
+
+def test_security_context(node, kc, pns):
+    """runAsUser, runAsNonRoot (refused for an image user root, exactly kubelet's
+    message), readOnlyRootFilesystem with a writable emptyDir, allowPrivilegeEscalation
+    false (no_new_privs) and capabilities drop ALL, seen from inside the container."""
+    apply(kc, pns, sleeper("uid", node, securityContext={"runAsUser": 1000}))
+    apply(kc, pns, sleeper("root", node, securityContext={"runAsNonRoot": True}))
+    apply(kc, pns, sleeper("nonroot", node, securityContext={"runAsNonRoot": True, "runAsUser": 1000}))
+    podsc = sleeper("podlevel", node)
+    podsc["spec"]["securityContext"] = {"runAsUser": 2000, "runAsGroup": 3000}
+    apply(kc, pns, podsc)
+    ro = sleeper("ro", node, securityContext={"readOnlyRootFilesystem": True},
+                 volumeMounts=[{"name": "scratch", "mountPath": "/scratch"}])
+    ro["spec"]["volumes"] = [{"name": "scratch", "emptyDir": {}}]
+    apply(kc, pns, ro)
+    apply(kc, pns, sleeper("locked", node, securityContext={
+        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}))
+    apply(kc, pns, sleeper("plain", node))
+    groups = sleeper("groups", node)
+    groups["spec"]["securityContext"] = {"runAsUser": 1000, "supplementalGroups": [4000], "fsGroup": 5000}
+    apply(kc, pns, groups)
+    apply(kc, pns, sleeper("privileged", node, securityContext={"privileged": True}))
+
+    def sh(name, script, check=True):
+        return kc.run("exec", "-n", pns, name, "--", "sh", "-c", script, check=check)
+
+    running_pod(kc, pns, "uid")
+    assert sh("uid", "id -u; id -g").stdout.split() == ["1000", "0"]
+    # The container's own process, not only exec sessions.
+    assert "Uid:\t1000\t1000\t1000\t1000" in sh("uid", "cat /proc/1/status").stdout
+    running_pod(kc, pns, "podlevel")
+    assert sh("podlevel", "id -u; id -g").stdout.split() == ["2000", "3000"]
+    running_pod(kc, pns, "groups")
+    assert {"4000", "5000"} <= set(sh("groups", "id -G").stdout.split())
+    running_pod(kc, pns, "privileged")
+    caps = dict(l.split(":\t", 1) for l in sh("privileged", "cat /proc/self/status").stdout.splitlines() if ":\t" in l)
+    assert int(caps["CapEff"], 16) & (1 << 21), caps  # CAP_SYS_ADMIN
+    running_pod(kc, pns, "nonroot")
+    assert sh("nonroot", "id -u").stdout.strip() == "1000"
+
+    def config_error():
+        p = get_pod(kc, pns, "root")
+        w = cstatus(p).get("state", {}).get("waiting", {})
+        return (p, w) if w.get("reason") == "CreateContainerConfigError" else None
+
+    p, w = wait_for("CreateContainerConfigError", config_error)
+    uid = p["metadata"]["uid"]
+    assert w["message"] == (
+        f'container has runAsNonRoot and image will run as root (pod: "root_{pns}({uid})", container: c)'
+    )
+    assert p["status"]["phase"] == "Pending"
+    assert not cstatus(p).get("ready")
+    events = kc.json("get", "events", "-n", pns, "--field-selector", "involvedObject.name=root")["items"]
+    assert any(e["reason"] == "Failed" and e["message"] == "Error: " + w["message"] for e in events), events
+
+    running_pod(kc, pns, "ro")
+    denied = sh("ro", "touch /x", check=False)
+    assert denied.returncode != 0 and "Read-only file system" in denied.stderr, denied
+    assert sh("ro", "echo ok > /scratch/f && cat /scratch/f").stdout == "ok\n"
+    assert sh("plain", "touch /x && echo ok").stdout == "ok\n"
+
+    running_pod(kc, pns, "locked")
+    for target in ("self", "1"):
+        status = sh("locked", f"cat /proc/{target}/status").stdout
+        fields = dict(l.split(":\t", 1) for l in status.splitlines() if ":\t" in l)
+        assert fields["NoNewPrivs"].strip() == "1", status
+        assert fields["CapEff"].strip() == "0000000000000000", status
+        assert fields["CapBnd"].strip() == "0000000000000000", status
+    plain = dict(l.split(":\t", 1) for l in sh("plain", "cat /proc/self/status").stdout.splitlines() if ":\t" in l)
+    assert plain["NoNewPrivs"].strip() == "0"
+    assert plain["CapEff"].strip() != "0000000000000000"
+    kc("delete", "pods", "--all", "-n", pns, "--wait=false")
+
+
+def read_until(stream, want, timeout=30):
+    """Reads a Popen stream (by its descriptor: no buffering of our own that select
+    cannot see) until what was read contains `want`; returns what was read."""
+    import select
+
+    seen = b""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        r, _, _ = select.select([stream], [], [], 0.2)
+        if r:
+            chunk = os.read(stream.fileno(), 65536)
+            if not chunk:
+                break
+            seen += chunk
+            if want.encode() in seen:
+                return seen.decode()
+    raise AssertionError(f"no {want!r} in output: {seen!r}")
+
+
+def test_kubectl_attach(node, kc, pns):
+    """kubectl attach -i reaches a running container's own stdin and output; leaving
+    detaches without stopping it; with stdinOnce the container's stdin closes when the
+    first session ends (cat exits and the pod completes), as `kubectl run -i --rm` needs."""
+    apply(kc, pns, pod("cat", node, [{
+        "name": "c", "image": "busybox:test", "stdin": True,
+        "command": ["sh", "-c", "echo started; while read l; do echo got:$l; echo err:$l >&2; done"],
+    }]))
+    running_pod(kc, pns, "cat")
+    wait_for("the first line", lambda: "started" in kc("logs", "-n", pns, "cat"))
+    for round_ in ("one", "two"):
+        a = subprocess.Popen(
+            ["kubectl", "--cache-dir", kc.cache, "attach", "-i", "-n", pns, "cat", "-c", "c"],
+            env=kc.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, bufsize=1,
+        )
+        try:
+            # Input sent before the stream is up waits in the pipe; send until echoed.
+            def echoed():
+                a.stdin.write(f"{round_}\n")
+                a.stdin.flush()
+                return read_until(a.stdout, f"got:{round_}", timeout=2)
+
+            wait_for(f"{round_} echoed through attach", echoed, timeout=30, interval=0)
+            read_until(a.stderr, f"err:{round_}")
+        finally:
+            a.kill()
+            a.wait()
+        # Detaching leaves the container running, ready for the next session.
+        p = get_pod(kc, pns, "cat")
+        assert "running" in cstatus(p)["state"] and cstatus(p)["restartCount"] == 0, p["status"]
+    assert "got:one" in kc("logs", "-n", pns, "cat")
+
+    # A container without stdin: attach streams its output only.
+    apply(kc, pns, pod("ticker", node, [{
+        "name": "c", "image": "busybox:test",
+        "command": ["sh", "-c", "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done"],
+    }]))
+    running_pod(kc, pns, "ticker")
+    t = subprocess.Popen(
+        ["kubectl", "--cache-dir", kc.cache, "attach", "-n", pns, "ticker"],
+        env=kc.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        read_until(t.stdout, "tick")
+    finally:
+        t.kill()
+        t.wait()
+
+    # stdinOnce (what `kubectl run -i` creates): the end of the first session's input is
+    # the container's end of input.
+    p = kc.run(
+        "run", "once", "-n", pns, "-i", "--rm", "--restart=Never", "--image=busybox:test",
+        f"--overrides={json.dumps({'spec': {'nodeName': node.node_name, 'terminationGracePeriodSeconds': 1}})}",
+        "--", "sh", "-c", "while read l; do echo line:$l; done; echo bye",
+        input="alpha\nbeta\n", timeout=90,
+    )
+    assert p.returncode == 0, (p.stdout, p.stderr)
+    assert "line:alpha\nline:beta\nbye" in p.stdout, (p.stdout, p.stderr)
+    wait_for("the --rm pod to be deleted", lambda: not kc.json("get", "pods", "-n", pns, "--field-selector", "metadata.name=once")["items"], timeout=60)
+    kc("delete", "pod", "cat", "ticker", "-n", pns, "--wait=false")

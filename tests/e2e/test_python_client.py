@@ -115,16 +115,7 @@ def test_apps_v1_deployments(api_client, ns):
     assert apps.read_namespaced_deployment("d", ns).spec.replicas == 4
     # Status writes go through /status and do not bump generation.
     # (The deployment controller rewrites status right after, so check the write's answer.)
-    # KNOWN BUG (issue 4 notes): under the controller's concurrent status writes this patch
-    # has once answered 409 after the server's retries; Kubernetes would not. Retry here.
-    for attempt in range(5):
-        try:
-            d = apps.patch_namespaced_deployment_status("d", ns, {"status": {"replicas": 4, "readyReplicas": 1}})
-            break
-        except ApiException as e:
-            if e.status != 409 or attempt == 4:
-                raise
-            time.sleep(0.2)
+    d = apps.patch_namespaced_deployment_status("d", ns, {"status": {"replicas": 4, "readyReplicas": 1}})
     assert d.status.ready_replicas == 1 and d.metadata.generation == 2
     # The selector is immutable.
     with pytest.raises(ApiException) as e:

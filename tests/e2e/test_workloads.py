@@ -35,7 +35,12 @@ def _server_flags():
         flags.append("--disable-agent")
     if "--node-monitor-grace-period" in out:
         flags.append("--node-monitor-grace-period=6s")
+    if "--pod-gc-quarantine" in out:
+        flags.append(f"--pod-gc-quarantine={QUARANTINE}s")
     return flags
+
+
+QUARANTINE = 2
 
 
 GRACE = 6 if "--node-monitor-grace-period=6s" in _server_flags() else 40
@@ -984,3 +989,75 @@ def test_storage_classes_are_validated_and_the_default_is_applied(wk, api, wns):
             assert core.read_namespaced_persistent_volume_claim(claim, wns).spec.storage_class_name == cls
     finally:
         storage.delete_storage_class(name)
+
+
+def test_podgc_deletes_the_pods_of_a_deleted_node(api, wns, cluster):
+    """PodGC: once a node has been gone for the quarantine, its pods (running, or stuck
+    terminating with no kubelet to finish) are marked Failed with DisruptionTarget
+    (DeletionByPodGC) and force-deleted."""
+    core = client.CoreV1Api(api)
+    gone = f"{wns}-gone"
+    cluster.add_node(gone)
+
+    def bound(name, finalizers=None):
+        meta = {"name": name}
+        if finalizers:
+            meta["finalizers"] = finalizers
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+                "spec": {"nodeName": gone, "containers": [{"name": "c", "image": "busybox"}]}}
+
+    for name in ("running", "terminating"):
+        core.create_namespaced_pod(wns, bound(name))
+    core.create_namespaced_pod(wns, bound("held", ["test.corral.dev/hold"]))
+    for name in ("running", "terminating", "held"):
+        wait_for(lambda: core.read_namespaced_pod(name, wns).status.phase == "Running", what=f"{name} running")
+    cluster.kill(gone)
+    # Its kubelet is gone, so a graceful deletion never finishes by itself.
+    core.delete_namespaced_pod("terminating", wns)
+    assert core.read_namespaced_pod("terminating", wns).metadata.deletion_timestamp
+    cluster.remove_node(gone)
+    # In quarantine: nothing happens yet.
+    assert {p.metadata.name for p in core.list_namespaced_pod(wns).items} == {"running", "terminating", "held"}
+
+    def gone_pods():
+        names = {p.metadata.name for p in core.list_namespaced_pod(wns).items}
+        return names if "running" not in names and "terminating" not in names else None
+
+    assert wait_for(gone_pods, timeout=QUARANTINE + 30, what="orphaned pods deleted") == {"held"}
+    held = core.read_namespaced_pod("held", wns)
+    assert held.status.phase == "Failed"
+    assert held.metadata.deletion_timestamp and held.metadata.deletion_grace_period_seconds == 0
+    cond = {c.type: c for c in held.status.conditions}["DisruptionTarget"]
+    assert (cond.status, cond.reason, cond.message) == ("True", "DeletionByPodGC", "PodGC: node no longer exists")
+    # The kubelet's conditions stay (a strategic merge by type).
+    assert "Ready" in {c.type for c in held.status.conditions}
+    core.patch_namespaced_pod("held", wns, {"metadata": {"finalizers": None}})
+    wait_for(lambda: not core.list_namespaced_pod(wns).items, what="held pod gone")
+
+
+def test_podgc_keeps_at_most_the_threshold_of_terminated_pods():
+    """--terminated-pod-gc-threshold: terminated pods beyond it go, evicted ones first,
+    then the oldest; pods still running are never counted."""
+    s = Server(extra_args=["--terminated-pod-gc-threshold=3", "--pod-gc-quarantine=1s"]).start()
+    api = client.ApiClient(configuration=_py_config(s))
+    try:
+        core = client.CoreV1Api(api)
+        core.create_namespace({"metadata": {"name": "gc"}})
+        # Created in name order, so names break creationTimestamp ties the same way.
+        done = [f"p{i}" for i in range(5)]
+        for name in done + ["running", "q-evicted"]:
+            core.create_namespaced_pod("gc", {"metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+        core.patch_namespaced_pod_status("running", "gc", {"status": {"phase": "Running"}})
+        for name in done:
+            core.patch_namespaced_pod_status(name, "gc", {"status": {"phase": "Succeeded" if name != "p2" else "Failed"}})
+        core.patch_namespaced_pod_status("q-evicted", "gc", {"status": {"phase": "Failed", "reason": "Evicted"}})
+        left = wait_for(
+            lambda: (lambda names: names if len(names) == 4 else None)({p.metadata.name for p in core.list_namespaced_pod("gc").items}),
+            timeout=30, what="terminated pods down to the threshold",
+        )
+        assert left == {"p2", "p3", "p4", "running"}
+        time.sleep(2)
+        assert {p.metadata.name for p in core.list_namespaced_pod("gc").items} == left
+    finally:
+        api.close()
+        s.cleanup()

@@ -563,9 +563,12 @@ pub async fn build(
     spec.readonly_rootfs = sc
         .and_then(|s| s.read_only_root_filesystem)
         .unwrap_or(false);
+    // Kubernetes' AddNoNewPrivileges: only an explicit allowPrivilegeEscalation: false.
+    spec.no_new_privileges = sc.and_then(|s| s.allow_privilege_escalation) == Some(false);
     spec.resources = resources(c);
     spec.tty = c.tty.unwrap_or(false);
     spec.stdin = c.stdin.unwrap_or(false);
+    spec.stdin_once = spec.stdin && c.stdin_once.unwrap_or(false);
     if let Some(caps) = sc.and_then(|s| s.capabilities.as_ref()) {
         let mut set: Vec<String> = DEFAULT_CAPS.iter().map(|s| s.to_string()).collect();
         let norm = |s: &String| s.trim_start_matches("CAP_").to_ascii_uppercase();

@@ -1,6 +1,8 @@
 //! This node's kubelet API (`corral-kubelet-api`): the Backend that maps a pod's container
-//! to its runtime container and log files, so `kubectl logs`, `exec` and `port-forward`
-//! reach real containers through the API server.
+//! to its runtime container and log files, so `kubectl logs`, `exec`, `attach` and
+//! `port-forward` reach real containers through the API server. Attach writes to the
+//! container's stdin FIFO and follows its output from the CRI log (line by line, as the
+//! shim records it).
 
 use crate::paths;
 use crate::Ctx;
@@ -11,6 +13,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub(crate) struct NodeBackend {
@@ -107,6 +111,56 @@ impl Backend for NodeBackend {
         })
     }
 
+    fn attach<'a>(
+        &'a self,
+        id: &'a str,
+        _tty: bool,
+    ) -> BoxFuture<'a, Result<ExecSession, BackendError>> {
+        Box::pin(async move {
+            let a = self
+                .ctx
+                .runtime
+                .attach(id)
+                .await
+                .map_err(|e| BackendError::BadRequest(e.to_string()))?;
+            let (out_w, out_r) = tokio::io::duplex(64 * 1024);
+            let (err_w, err_r) = if a.tty {
+                (None, None)
+            } else {
+                let (w, r) = tokio::io::duplex(64 * 1024);
+                (Some(w), Some(r))
+            };
+            // Output from now on: the read position is fixed before any input can arrive.
+            let mut log = tokio::fs::File::open(&a.log_path)
+                .await
+                .map_err(|e| BackendError::Internal(format!("open log: {e}")))?;
+            log.seek(io::SeekFrom::End(0))
+                .await
+                .map_err(|e| BackendError::Internal(format!("seek log: {e}")))?;
+            let stopped = self.wait_stopped(id);
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                if let Err(e) = tail_log(log, stopped, out_w, err_w).await {
+                    tracing::debug!(error = %e, "attach: following the log failed");
+                }
+                let _ = done_tx.send(());
+            });
+            Ok(ExecSession {
+                stdin: a
+                    .stdin
+                    .map(|w| Box::pin(w) as std::pin::Pin<Box<dyn AsyncWrite + Send>>),
+                stdout: Some(Box::pin(out_r)),
+                stderr: err_r.map(|r| Box::pin(r) as std::pin::Pin<Box<dyn AsyncRead + Send>>),
+                resize: None,
+                // The session ends with the container (its output read to the end).
+                exit: Box::pin(async move {
+                    let _ = done_rx.await;
+                    Ok(0)
+                }),
+            })
+        })
+    }
+
     fn port_forward<'a>(
         &'a self,
         ns: &'a str,
@@ -156,6 +210,58 @@ pub(crate) async fn tls(
                 .map_err(|e| format!("requesting the serving certificate: {e}"))?;
             certs::server_config(ca_pem, &cert_pem, &key_pem).map(Some)
         }
+    }
+}
+
+/// How often an attach session looks for new output in the container's log.
+const TAIL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Streams what the container writes from now on, as its CRI log records it, to `out`
+/// (and `err`: stderr records; with a terminal everything is stdout), until the container
+/// stops and the log is read to its end, or the session's reader goes away.
+async fn tail_log(
+    mut f: tokio::fs::File,
+    stopped: impl std::future::Future<Output = ()>,
+    mut out: tokio::io::DuplexStream,
+    mut err: Option<tokio::io::DuplexStream>,
+) -> io::Result<()> {
+    tokio::pin!(stopped);
+    let mut done = false;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 32 * 1024];
+    loop {
+        let n = f.read(&mut chunk).await?;
+        if n == 0 {
+            if done {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(TAIL_INTERVAL) => {}
+                _ = &mut stopped => {
+                    // The shim writes the last output after the process is gone.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    done = true;
+                }
+            }
+            continue;
+        }
+        pending.extend_from_slice(&chunk[..n]);
+        let mut start = 0;
+        while let Some(nl) = pending[start..].iter().position(|b| *b == b'\n') {
+            let line = &pending[start..start + nl];
+            start += nl + 1;
+            let Some(rec) = corral_kubelet_api::logs::parse_record(line) else {
+                continue;
+            };
+            let to = match (&mut err, rec.stream) {
+                (Some(e), "stderr") => e,
+                _ => &mut out,
+            };
+            if to.write_all(&rec.text).await.is_err() {
+                return Ok(()); // the session is gone
+            }
+        }
+        pending.drain(..start);
     }
 }
 

@@ -18,6 +18,7 @@ pub mod localpath;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod nodeutil;
+pub mod podgc;
 pub mod podutil;
 pub mod queue;
 pub mod replicaset;
@@ -99,6 +100,8 @@ pub struct Config {
     /// `node_cidr_mask_size` (None: nodes must bring their own).
     pub cluster_cidr: Option<nodeipam::Cidr>,
     pub node_cidr_mask_size: u8,
+    /// The pod garbage collector's threshold, quarantine and period.
+    pub pod_gc: podgc::Settings,
 }
 
 impl Default for Config {
@@ -109,6 +112,7 @@ impl Default for Config {
             node_monitor_grace: std::time::Duration::from_secs(40),
             cluster_cidr: None,
             node_cidr_mask_size: 24,
+            pod_gc: podgc::Settings::default(),
         }
     }
 }
@@ -218,6 +222,13 @@ pub async fn run(
         let q = c.register();
         (c, q)
     });
+    let pod_gc = Arc::new(podgc::Controller::new(
+        client.clone(),
+        informers.pods.clone(),
+        informers.nodes.clone(),
+        config.pod_gc.clone(),
+    ));
+    let pod_gc_queue = pod_gc.register();
     // The provisioner runs where volumes have a home.
     let local_path = config.volumes_dir.clone().map(|dir| {
         let c = Arc::new(localpath::Controller::new(
@@ -377,6 +388,12 @@ pub async fn run(
             c.reconcile(k).await
         }));
     }
+    tasks.push(workers(
+        &pod_gc_queue,
+        1,
+        pod_gc.clone(),
+        |c, k| async move { c.reconcile(k).await },
+    ));
     if let Some((c, q)) = &local_path {
         if !classes_served {
             // Nothing to create: claims use the built-in class.
@@ -422,6 +439,7 @@ pub async fn run(
     ds_queue.shutdown();
     sts_queue.shutdown();
     lifecycle_queue.shutdown();
+    pod_gc_queue.shutdown();
     if let Some((_, q)) = &local_path {
         q.shutdown();
     }

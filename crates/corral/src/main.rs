@@ -202,6 +202,14 @@ struct ServerArgs {
     /// node the first, unless --pod-cidr says otherwise).
     #[arg(long, default_value = "10.42.0.0/16", value_parser = corral_controllers::nodeipam::Cidr::parse)]
     cluster_cidr: corral_controllers::nodeipam::Cidr,
+    /// Terminated pods (Succeeded or Failed) kept before the pod garbage collector deletes
+    /// the oldest; 0 keeps them all.
+    #[arg(long, default_value_t = 12500)]
+    terminated_pod_gc_threshold: usize,
+    /// How long a node must be gone before the pod garbage collector deletes its pods
+    /// (it also looks this often, at most every 20s), e.g. 40s.
+    #[arg(long, default_value = "40s", value_parser = parse_secs)]
+    pod_gc_quarantine: Duration,
     /// Run no node agent: this server then runs no pods.
     #[arg(long)]
     disable_agent: bool,
@@ -467,6 +475,13 @@ async fn server(args: ServerArgs) -> Result<()> {
             node_monitor_grace: args.node_monitor_grace_period,
             cluster_cidr: Some(args.cluster_cidr),
             node_cidr_mask_size: 24,
+            pod_gc: corral_controllers::podgc::Settings {
+                terminated_threshold: args.terminated_pod_gc_threshold,
+                quarantine: args.pod_gc_quarantine,
+                period: args
+                    .pod_gc_quarantine
+                    .clamp(Duration::from_secs(1), Duration::from_secs(20)),
+            },
         };
         tokio::spawn(corral_controllers::run(
             client.clone(),

@@ -168,7 +168,7 @@ pub async fn serve(
         Proto::Ws(p, accept) => {
             tokio::spawn(async move {
                 match on_upgrade.await {
-                    Ok(up) => run_websocket(TokioIo::new(up), p == V5, opts, session).await,
+                    Ok(up) => run_websocket(TokioIo::new(up), p == V5, opts, session, attach).await,
                     Err(e) => tracing::debug!(error = %e, "exec: upgrade failed"),
                 }
             });
@@ -300,7 +300,7 @@ enum WsOut {
     Close,
 }
 
-async fn run_websocket<S>(io: S, v5: bool, opts: Options, session: ExecSession)
+async fn run_websocket<S>(io: S, v5: bool, opts: Options, session: ExecSession, attach: bool)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
@@ -335,7 +335,7 @@ where
     let (resize_tx, resize_rx) = mpsc::channel::<(u16, u16)>(4);
     let read_wtx = wtx.clone();
     let want_stdin = opts.stdin;
-    let read_task = tokio::spawn(async move {
+    let mut read_task = tokio::spawn(async move {
         let mut stdin_tx = want_stdin.then_some(stdin_tx);
         while let Ok(Some(m)) = reader.next().await {
             match m {
@@ -375,7 +375,24 @@ where
             }
         }
     });
-    let status = run_process(session, opts.command.clone(), otx, stdin_rx, resize_rx).await;
+    let process = run_process(session, opts.command.clone(), otx, stdin_rx, resize_rx);
+    let status = if attach {
+        // The container outlives an attach session: when the client leaves, it detaches.
+        tokio::pin!(process);
+        tokio::select! {
+            s = &mut process => s,
+            _ = &mut read_task => {
+                forward.abort();
+                drop(wtx);
+                if let Ok(mut writer) = write_task.await {
+                    let _ = writer.shutdown().await;
+                }
+                return;
+            }
+        }
+    } else {
+        process.await
+    };
     let _ = forward.await;
     let _ = wtx
         .send(WsOut::Chan(ERROR, Bytes::from(status.to_string())))

@@ -433,10 +433,14 @@ struct CapData {
 }
 
 /// Bounding set to the allowed capabilities, then the user and groups, then (for root) the
-/// effective set; a non-root user keeps none (as with Docker).
+/// effective set; a non-root user keeps none (as with Docker). Last, no_new_privs when the
+/// spec asks for it (exec sessions get it too, as runc gives them).
 pub(crate) fn drop_privileges(cfg: &ContainerConfig) -> io::Result<()> {
-    let mask = cap_mask(cfg.spec.capabilities.as_deref())
+    let wanted = cap_mask(cfg.spec.capabilities.as_deref())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // Only what we hold can be kept: a name this kernel does not know (privileged asks for
+    // every capability there is) must not make capset fail.
+    let mask = wanted & permitted_caps()?;
     for cap in 0..64u64 {
         if mask & (1 << cap) != 0 {
             continue;
@@ -490,7 +494,29 @@ pub(crate) fn drop_privileges(cfg: &ContainerConfig) -> io::Result<()> {
             return Err(err("capset", io::Error::last_os_error()));
         }
     }
+    if cfg.spec.no_new_privileges {
+        cvt(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
+            .map_err(|e| err("no_new_privs", e))?;
+    }
     Ok(())
+}
+
+/// This process's permitted capability set.
+fn permitted_caps() -> io::Result<u64> {
+    let hdr = CapHeader {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let mut data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    let r = unsafe { libc::syscall(libc::SYS_capget, &hdr, data.as_mut_ptr()) };
+    if r != 0 {
+        return Err(err("capget", io::Error::last_os_error()));
+    }
+    Ok(data[0].permitted as u64 | ((data[1].permitted as u64) << 32))
 }
 
 /// The container's environment, with PATH, HOSTNAME and HOME filled in when the spec has none.

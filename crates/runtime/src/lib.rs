@@ -23,6 +23,6 @@ pub use cgroup::{CgroupVersion, ContainerStats};
 pub use error::{Error, Result};
 pub use exec::{ExecExit, ExecProcess};
 pub use network::delete_bridge;
-pub use runtime::{Capabilities, ContainerInfo, Runtime, RuntimeConfig};
+pub use runtime::{Attach, Capabilities, ContainerInfo, Runtime, RuntimeConfig};
 pub use spec::{ContainerSpec, Mount, PodNetwork, Resources, Rootfs, Sandbox, SandboxSpec};
 pub use state::{ContainerState, ExitReason};

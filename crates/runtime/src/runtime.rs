@@ -28,6 +28,14 @@ use crate::sys;
 
 const SHIM_START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What an attach session gets: the container's stdin (None without `stdin: true`) and
+/// the log file where its output lands, read from its current end.
+pub struct Attach {
+    pub stdin: Option<tokio::net::unix::pipe::Sender>,
+    pub log_path: PathBuf,
+    pub tty: bool,
+}
+
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
     pub state_dir: PathBuf,
@@ -421,6 +429,34 @@ impl Runtime {
             child,
             pty: pty_file,
             pty_fd,
+        })
+    }
+
+    /// A running container's own streams for an attach session: its stdin FIFO opened for
+    /// writing (when the container has one), and the CRI log its output goes to.
+    pub async fn attach(&self, id: &str) -> Result<Attach> {
+        let cfg = self.config(id)?;
+        let dir = self.container_dir(id);
+        if !state::read_state(&dir)?.is_running() {
+            return Err(Error::invalid(
+                "attach",
+                format!("container {id} is not running"),
+            ));
+        }
+        let stdin = if cfg.spec.stdin {
+            let path = dir.join(state::STDIN_FIFO);
+            // The shim holds the read side open (non-blocking), so this does not wait.
+            let tx = tokio::net::unix::pipe::OpenOptions::new()
+                .open_sender(&path)
+                .ctx(|| format!("open {}", path.display()))?;
+            Some(tx)
+        } else {
+            None
+        };
+        Ok(Attach {
+            stdin,
+            log_path: cfg.spec.log_path.clone(),
+            tty: cfg.spec.tty,
         })
     }
 

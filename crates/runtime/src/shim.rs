@@ -114,11 +114,39 @@ fn run(bundle: &Path) -> i32 {
 /// The container's ends and the shim's ends of its stdio.
 struct Stdio {
     child: ChildIo,
-    /// Kept open by the shim so the container never sees EOF on its stdin FIFO.
-    _stdin_keep: Option<File>,
     child_fds: Vec<OwnedFd>,
     out: Output,
     err: Option<OwnedFd>,
+    /// With `stdin: true`: the FIFO attach sessions write to, read by the shim.
+    stdin_fifo: Option<StdinFifo>,
+    /// The container's stdin pipe (without a terminal; with one, input goes to the
+    /// terminal's master side).
+    stdin_pipe: Option<OwnedFd>,
+}
+
+/// The stdin FIFO's read side. It is opened non-blocking, so the shim never waits for a
+/// writer, and never opened for writing by the shim: an attach session that closes its
+/// end is then seen as a hang-up (stdinOnce closes the container's stdin on the first).
+struct StdinFifo {
+    path: PathBuf,
+    fd: OwnedFd,
+    once: bool,
+}
+
+impl StdinFifo {
+    fn open(path: &Path) -> io::Result<OwnedFd> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(path)?;
+        Ok(OwnedFd::from(f))
+    }
+
+    /// A writer came and went: a fresh read side waits for the next one.
+    fn reopen(&mut self) -> io::Result<()> {
+        self.fd = Self::open(&self.path)?;
+        Ok(())
+    }
 }
 
 enum Output {
@@ -129,26 +157,32 @@ enum Output {
 
 fn open_stdio(cfg: &ContainerConfig) -> io::Result<Stdio> {
     let mut child_fds = Vec::new();
-    let (stdin, stdin_keep) = if cfg.spec.stdin {
-        let fifo = cfg.bundle.join(state::STDIN_FIFO);
-        let c = sys::cstr(&fifo)?;
+    let mut stdin_pipe = None;
+    let stdin_fifo = if cfg.spec.stdin {
+        let path = cfg.bundle.join(state::STDIN_FIFO);
+        let c = sys::cstr(&path)?;
         cvt(unsafe { libc::mkfifo(c.as_ptr(), 0o600) })?;
-        let keep = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&fifo)?;
-        let reader = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&fifo)?;
-        (OwnedFd::from(reader), Some(keep))
+        let fd = StdinFifo::open(&path)?;
+        Some(StdinFifo {
+            path,
+            fd,
+            once: cfg.spec.stdin_once,
+        })
+    } else {
+        None
+    };
+    // The container reads a pipe the shim feeds from the FIFO, so it sees EOF only when
+    // the shim decides (stdinOnce), never between two attach sessions.
+    let stdin = if stdin_fifo.is_some() && !cfg.spec.tty {
+        let (r, w) = sys::pipe()?;
+        stdin_pipe = Some(w);
+        r
     } else {
         let null = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_CLOEXEC)
             .open("/dev/null")?;
-        (OwnedFd::from(null), None)
+        OwnedFd::from(null)
     };
     if cfg.spec.tty {
         // The container makes the terminal itself and sends us its master side.
@@ -162,10 +196,11 @@ fn open_stdio(cfg: &ContainerConfig) -> io::Result<Stdio> {
         child_fds.extend([stdin, theirs]);
         Ok(Stdio {
             child,
-            _stdin_keep: stdin_keep,
             child_fds,
             out: Output::Terminal(ours),
             err: None,
+            stdin_fifo,
+            stdin_pipe,
         })
     } else {
         let (out_r, out_w) = sys::pipe()?;
@@ -179,10 +214,11 @@ fn open_stdio(cfg: &ContainerConfig) -> io::Result<Stdio> {
         child_fds.extend([stdin, out_w, err_w]);
         Ok(Stdio {
             child,
-            _stdin_keep: stdin_keep,
             child_fds,
             out: Output::Pipe(out_r),
             err: Some(err_r),
+            stdin_fifo,
+            stdin_pipe,
         })
     }
 }
@@ -276,7 +312,13 @@ fn supervise(bundle: &Path, sync: &mut Option<File>) -> io::Result<()> {
         .map_err(|e| io::Error::other(e.to_string()))?;
     report(sync, &SyncMsg::Pid(pid));
 
-    let status = copy_output(pid, out, stdio.err, &mut log)?;
+    // Input goes to the container's stdin pipe, or with a terminal to its master side.
+    let input = match (stdio.stdin_fifo, stdio.stdin_pipe) {
+        (Some(fifo), Some(pipe)) => Some(Input::new(fifo, pipe, false)?),
+        (Some(fifo), None) => Some(Input::new(fifo, out.try_clone()?, true)?),
+        _ => None,
+    };
+    let status = copy_output(pid, out, stdio.err, input, &mut log)?;
     let oom_killed = cfg.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
     let exit = ExitRecord {
         code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
@@ -289,9 +331,119 @@ fn supervise(bundle: &Path, sync: &mut Option<File>) -> io::Result<()> {
     Ok(())
 }
 
+/// Attach input on its way into the container: bytes read from the stdin FIFO wait in
+/// `pending` until the container's side takes them (its side is non-blocking, so a
+/// container that does not read its stdin never stalls the copying of its output).
+struct Input {
+    fifo: StdinFifo,
+    /// None once the container's stdin is closed (stdinOnce).
+    to: Option<OwnedFd>,
+    terminal: bool,
+    pending: Vec<u8>,
+}
+
+impl Input {
+    fn new(fifo: StdinFifo, to: OwnedFd, terminal: bool) -> io::Result<Input> {
+        let flags = cvt(unsafe { libc::fcntl(to.as_raw_fd(), libc::F_GETFL) })?;
+        cvt(unsafe { libc::fcntl(to.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+        Ok(Input {
+            fifo,
+            to: Some(to),
+            terminal,
+            pending: Vec::new(),
+        })
+    }
+
+    /// The FIFO to poll for input: only while nothing waits to be delivered.
+    fn fifo_fd(&self) -> RawFd {
+        if self.to.is_some() && self.pending.is_empty() {
+            self.fifo.fd.as_raw_fd()
+        } else {
+            -1
+        }
+    }
+
+    /// The container's side, when input waits for room there.
+    fn to_fd(&self) -> RawFd {
+        match &self.to {
+            Some(fd) if !self.pending.is_empty() => fd.as_raw_fd(),
+            _ => -1,
+        }
+    }
+
+    fn read_fifo(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        let n = unsafe {
+            libc::read(
+                self.fifo.fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+            )
+        };
+        if n > 0 {
+            self.pending.extend_from_slice(&buf[..n as usize]);
+            return self.flush();
+        }
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR)) {
+                return Ok(());
+            }
+        }
+        // The attach session closed its end.
+        if self.fifo.once {
+            if self.terminal {
+                // A terminal has no separate input to close: end-of-file is ^D.
+                self.pending.push(0x04);
+                self.flush()?;
+            }
+            self.to = None;
+            Ok(())
+        } else {
+            self.fifo.reopen()
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let Some(to) = &self.to else {
+            self.pending.clear();
+            return Ok(());
+        };
+        while !self.pending.is_empty() {
+            let n = unsafe {
+                libc::write(
+                    to.as_raw_fd(),
+                    self.pending.as_ptr() as *const libc::c_void,
+                    self.pending.len(),
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => return Ok(()),
+                    Some(libc::EINTR) => continue,
+                    // The container closed its stdin: drop what it will never read.
+                    _ => {
+                        self.pending.clear();
+                        self.to = None;
+                        return Ok(());
+                    }
+                }
+            }
+            self.pending.drain(..n as usize);
+        }
+        Ok(())
+    }
+}
+
 /// Copies the container's stdout/stderr (or its terminal) into the CRI log until the process
-/// exits; returns its wait status.
-fn copy_output(pid: i32, out: OwnedFd, err: Option<OwnedFd>, log: &mut File) -> io::Result<i32> {
+/// exits, and attach input into its stdin; returns its wait status.
+fn copy_output(
+    pid: i32,
+    out: OwnedFd,
+    err: Option<OwnedFd>,
+    mut input: Option<Input>,
+    log: &mut File,
+) -> io::Result<i32> {
     let pidfd = sys::pidfd_open(pid)?;
     let mut streams: Vec<(OwnedFd, LineSplitter, bool)> =
         vec![(out, LineSplitter::new("stdout"), true)];
@@ -310,6 +462,19 @@ fn copy_output(pid: i32, out: OwnedFd, err: Option<OwnedFd>, log: &mut File) -> 
                 revents: 0,
             })
             .collect();
+        let input_at = fds.len();
+        if let Some(i) = &input {
+            fds.push(libc::pollfd {
+                fd: i.fifo_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            fds.push(libc::pollfd {
+                fd: i.to_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            });
+        }
         fds.push(libc::pollfd {
             fd: pidfd.as_raw_fd(),
             events: libc::POLLIN,
@@ -327,6 +492,14 @@ fn copy_output(pid: i32, out: OwnedFd, err: Option<OwnedFd>, log: &mut File) -> 
         if fds.last().unwrap().revents != 0 {
             exited = true;
         }
+        if let Some(i) = input.as_mut().filter(|_| !exited) {
+            if fds[input_at].revents != 0 {
+                i.read_fifo(&mut buf)?;
+            }
+            if fds[input_at + 1].revents != 0 {
+                i.flush()?;
+            }
+        }
         let mut progressed = false;
         for (i, (fd, splitter, open)) in streams.iter_mut().enumerate() {
             if !*open || fds[i].revents == 0 {
@@ -339,10 +512,13 @@ fn copy_output(pid: i32, out: OwnedFd, err: Option<OwnedFd>, log: &mut File) -> 
                     buf.len(),
                 )
             };
+            // (A terminal's master side is non-blocking when it also takes attach input.)
+            let again =
+                |e: io::Error| matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN));
             if n > 0 {
                 splitter.push(&buf[..n as usize], &mut out);
                 progressed = true;
-            } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            } else if n == 0 || !again(io::Error::last_os_error()) {
                 // EOF, or EIO from a terminal whose other side is gone.
                 *open = false;
             }

@@ -91,6 +91,10 @@ pub struct ContainerSpec {
     /// are added unless a mount here already targets that path.
     pub mounts: Vec<Mount>,
     pub readonly_rootfs: bool,
+    /// Set no_new_privs (allowPrivilegeEscalation: false): setuid binaries and file
+    /// capabilities grant nothing to the process or its children.
+    #[serde(default)]
+    pub no_new_privileges: bool,
     pub resources: Resources,
     /// Capability names (`CAP_NET_ADMIN` or `NET_ADMIN`); None: the usual container default
     /// set (that of Docker and containerd).
@@ -102,6 +106,10 @@ pub struct ContainerSpec {
     /// Give the container a stdin: a FIFO at `<container dir>/stdin` that the agent may open
     /// for writing. Without it, stdin is /dev/null.
     pub stdin: bool,
+    /// Close the container's stdin when the first attach session that wrote to it ends
+    /// (the pod's `stdinOnce`).
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 impl ContainerSpec {
@@ -123,11 +131,13 @@ impl ContainerSpec {
             additional_gids: Vec::new(),
             mounts: Vec::new(),
             readonly_rootfs: false,
+            no_new_privileges: false,
             resources: Resources::default(),
             capabilities: None,
             log_path,
             tty: false,
             stdin: false,
+            stdin_once: false,
         }
     }
 }

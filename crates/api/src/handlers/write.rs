@@ -89,7 +89,46 @@ impl WriteInput {
     }
 }
 
-const MAX_RETRIES: usize = 16;
+/// How long a write keeps re-reading and retrying when other writers win the race for its
+/// object. Kubernetes' GuaranteedUpdate retries such conflicts without a count; a time
+/// budget bounds the request instead, so a busy object (a Deployment whose controller
+/// writes its status) never turns a client's patch into a 409.
+const RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Retries of a read-modify-write that lost a race: a short, growing, jittered pause
+/// before each, so contending writers do not retry in lockstep.
+struct Retry {
+    attempt: u32,
+    started: std::time::Instant,
+}
+
+impl Retry {
+    fn new() -> Retry {
+        Retry {
+            attempt: 0,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Waits before the next attempt; false once the budget is spent.
+    async fn again(&mut self) -> bool {
+        if self.started.elapsed() > RETRY_BUDGET {
+            return false;
+        }
+        self.attempt += 1;
+        if self.attempt == 1 {
+            tokio::task::yield_now().await;
+            return true;
+        }
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0) as u64;
+        let cap_us = 250u64 << self.attempt.min(7);
+        tokio::time::sleep(std::time::Duration::from_micros(nanos % cap_us)).await;
+        true
+    }
+}
 
 pub async fn create(
     st: &Shared,
@@ -295,7 +334,8 @@ pub async fn update_object<F>(
 where
     F: Fn(&Value) -> ApiResult<Value>,
 {
-    for _ in 0..MAX_RETRIES {
+    let mut retry = Retry::new();
+    loop {
         let Some((current, kv)) = storage::get(&st.store, res, ns, name).await? else {
             return Err(ApiError::not_found(&res.qualified(), name));
         };
@@ -412,10 +452,10 @@ where
                     storage::set_resource_version(&mut new, rev);
                     return Ok((new, warnings, 200));
                 }
-                None if precondition.is_some() => {
-                    return Err(ApiError::modified(&res.qualified(), name))
-                }
-                None => continue,
+                // Changed meanwhile: read again. A precondition the client set is
+                // checked against that fresh read (a real conflict is a 409 there).
+                None if retry.again().await => continue,
+                None => break,
             }
         }
         let charge = match sub {
@@ -442,12 +482,17 @@ where
                 warnings.extend(crate::crd::after_write(st, res, &stored).await);
                 return Ok((stored, warnings, 200));
             }
+            // Someone else wrote the object since we read it. Like Kubernetes'
+            // GuaranteedUpdate, read it again and recompute: a patch is re-applied to the
+            // new object, and a resourceVersion the client sent fails its check above on
+            // the fresh read (the only way this write answers 409). The revision we read
+            // is never itself a precondition: a patch's result carries it. What the write
+            // charged to quotas is given back first.
             Ok(None) => {
                 charge.refund(st).await;
-                if precondition.is_some() {
-                    return Err(ApiError::modified(&res.qualified(), name));
+                if !retry.again().await {
+                    break;
                 }
-                continue;
             }
             Err(e) => {
                 charge.refund(st).await;
@@ -620,7 +665,8 @@ pub async fn delete_object(
     name: &str,
     opts: &DeleteView,
 ) -> ApiResult<(Value, u16)> {
-    for _ in 0..MAX_RETRIES {
+    let mut retry = Retry::new();
+    loop {
         let Some((current, kv)) = storage::get(&st.store, res, ns, name).await? else {
             return Err(ApiError::not_found(&res.qualified(), name));
         };
@@ -713,7 +759,8 @@ pub async fn delete_object(
             .await?
             {
                 Some(stored) => return Ok((stored, 202)),
-                None => continue,
+                None if retry.again().await => continue,
+                None => break,
             }
         }
         if opts.dry_run {
@@ -721,7 +768,8 @@ pub async fn delete_object(
         }
         match delete_at(st, res, ns, name, kv.mod_revision).await? {
             Some((obj, _)) => return Ok((obj, 200)),
-            None => continue,
+            None if retry.again().await => continue,
+            None => break,
         }
     }
     Err(ApiError::modified(&res.qualified(), name))
