@@ -276,6 +276,11 @@ def events(core, ns, name):
     return [(e.reason, e.message) for e in core.list_namespaced_event(ns).items if e.involved_object.name == name]
 
 
+def await_reasons(core, ns, name, *reasons):
+    """Events are recorded asynchronously, after the change they report: wait for them."""
+    wait_for(lambda: set(reasons) <= {r for r, _ in events(core, ns, name)}, what=f"events {reasons} of {name}")
+
+
 def job_body(name, completions=None, parallelism=1, exit_code=0, run_seconds=0.3, extra=None):
     """A Job with its selector given (manualSelector), so it does not depend on the API
     server generating one."""
@@ -370,8 +375,7 @@ def test_running_job_pods_carry_the_tracking_finalizer_and_suspend(wk, api, wns)
     wk("patch", "job/sleepy", "-n", wns, "--type=merge", "-p", '{"spec":{"suspend":false}}')
     wait_for(lambda: field(batch.read_namespaced_job("sleepy", wns), "active") == 3, what="resumed")
     assert conditions(batch.read_namespaced_job("sleepy", wns))["Suspended"].status == "False"
-    reasons = [r for r, _ in events(core, wns, "sleepy")]
-    assert "Suspended" in reasons and "Resumed" in reasons
+    await_reasons(core, wns, "sleepy", "Suspended", "Resumed")
 
 
 def test_failing_job_backs_off_then_hits_backoff_limit(wk, api, wns):
@@ -395,7 +399,9 @@ def test_failing_job_backs_off_then_hits_backoff_limit(wk, api, wns):
     first_done = pods[0].status.container_statuses[0].state.terminated.finished_at
     gap = (pods[1].metadata.creation_timestamp - first_done).total_seconds()
     assert gap >= 8, f"replacement created {gap}s after the failure"
-    assert ("BackoffLimitExceeded", "Job has reached the specified backoff limit") in events(core, wns, "fail")
+    # Events are written after the status, asynchronously.
+    wait_for(lambda: ("BackoffLimitExceeded", "Job has reached the specified backoff limit") in events(core, wns, "fail"),
+             what="the BackoffLimitExceeded event")
     out = wk("describe", "job/fail", "-n", wns)
     assert "BackoffLimitExceeded" in out
 
@@ -542,8 +548,7 @@ def test_cronjob_fires_and_tracks_status(wk, api, wns):
         lambda: (lambda c: c if c.status.last_successful_time and not c.status.active else None)(batch.read_namespaced_cron_job("tick", wns)),
         what="lastSuccessfulTime",
     )
-    reasons = [r for r, _ in events(core, wns, "tick")]
-    assert "SuccessfulCreate" in reasons and "SawCompletedJob" in reasons
+    await_reasons(core, wns, "tick", "SuccessfulCreate", "SawCompletedJob")
     # kubectl create job --from=cronjob (client-side) makes a Job the cron job owns.
     wk("create", "job", "--from=cronjob/tick", "manual", "-n", wns)
     m = batch.read_namespaced_job("manual", wns)
@@ -675,8 +680,7 @@ def test_daemonset_one_pod_per_eligible_node(wk, api, wns, cluster):
            '{"spec":{"template":{"spec":{"tolerations":[{"key":"dedicated","operator":"Exists"}]}}}}')
         wk("rollout", "status", "ds/agent", "-n", wns, "--timeout=90s")
         assert sorted(pinned_node(p) for p in ds_pods(core, wns, "agent")) == [f"{g}-a", f"{g}-c", f"{g}-t"]
-        reasons = [r for r, _ in events(core, wns, "agent")]
-        assert "SuccessfulCreate" in reasons and "SuccessfulDelete" in reasons
+        await_reasons(core, wns, "agent", "SuccessfulCreate", "SuccessfulDelete")
     finally:
         for n in ("a", "b", "t", "other", "c"):
             cluster.remove_node(f"{g}-{n}")
@@ -952,7 +956,8 @@ def test_silent_node_goes_unknown_and_its_pods_move(wk, api, wns, cluster):
         )
         assert replacement.spec.node_name == other
         wk("rollout", "status", "deploy/mover", "-n", wns, "--timeout=60s")
-        assert ("TaintManagerEviction", f"Marking for deletion Pod {wns}/{pod.metadata.name}") in events(core, wns, pod.metadata.name)
+        wait_for(lambda: ("TaintManagerEviction", f"Marking for deletion Pod {wns}/{pod.metadata.name}") in events(core, wns, pod.metadata.name),
+                 what="the TaintManagerEviction event")
         # The node comes back: Ready again, taints gone.
         cluster.alive.add(dead)
         ts = now_rfc3339()
