@@ -1066,3 +1066,35 @@ def test_podgc_keeps_at_most_the_threshold_of_terminated_pods():
     finally:
         api.close()
         s.cleanup()
+
+
+def test_scheduler_profiles_round_robin_and_unknown_scheduler(api, wns, cluster):
+    """spec.schedulerName picks a profile: corral-round-robin rotates over the feasible
+    nodes; a pod naming a scheduler nobody runs is left alone (Pending, no PodScheduled),
+    as kube-scheduler leaves pods of other schedulers."""
+    core = client.CoreV1Api(api)
+    g = wns
+    nodes = [f"{g}-r{i}" for i in range(3)]
+    for n in nodes:
+        cluster.add_node(n, labels={"wl-rr": g})
+    try:
+        def body(name, scheduler):
+            return {"metadata": {"name": name}, "spec": {
+                "schedulerName": scheduler, "nodeSelector": {"wl-rr": g},
+                "containers": [{"name": "c", "image": "busybox:test"}]}}
+        for i in range(6):
+            core.create_namespaced_pod(wns, body(f"rr-{i}", "corral-round-robin"))
+        core.create_namespaced_pod(wns, body("orphan", "someone-else"))
+        placed = wait_for(lambda: (lambda ps: ps if all(p.spec.node_name for p in ps) else None)(
+            [core.read_namespaced_pod(f"rr-{i}", wns) for i in range(6)]), what="round-robin pods bound")
+        counts = {n: sum(p.spec.node_name == n for p in placed) for n in nodes}
+        assert counts == {n: 2 for n in nodes}, counts
+        time.sleep(1)
+        orphan = core.read_namespaced_pod("orphan", wns)
+        assert not orphan.spec.node_name and orphan.status.phase == "Pending"
+        assert not [c for c in (orphan.status.conditions or []) if c.type == "PodScheduled"]
+    finally:
+        for p in core.list_namespaced_pod(wns).items:
+            core.delete_namespaced_pod(p.metadata.name, wns, grace_period_seconds=0)
+        for n in nodes:
+            cluster.remove_node(n)

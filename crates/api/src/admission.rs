@@ -73,7 +73,10 @@ pub async fn default_storage_class(st: &Shared, res: &Resource, obj: &mut Value)
             .unwrap_or("")
             .to_string();
         let name = c["metadata"]["name"].as_str().unwrap_or("").to_string();
-        if best.as_ref().is_none_or(|(t, n)| (&created, &name) > (t, n)) {
+        if best
+            .as_ref()
+            .is_none_or(|(t, n)| (&created, &name) > (t, n))
+        {
             best = Some((created, name));
         }
     }

@@ -194,6 +194,12 @@ struct ServerArgs {
     /// Do not run the scheduler (pods then stay Pending unless they name a node).
     #[arg(long)]
     disable_scheduler: bool,
+    /// A scheduling profile for pods with this spec.schedulerName, as
+    /// <schedulerName>=<default|least-loaded|round-robin> (repeatable). Built in:
+    /// default-scheduler=default, corral-least-loaded=least-loaded,
+    /// corral-round-robin=round-robin.
+    #[arg(long = "scheduler-profile")]
+    scheduler_profiles: Vec<corral_scheduler::Profile>,
     /// How long a node may stay silent (no Lease renewal) before it is marked Unknown and
     /// its pods are evicted, e.g. 40s.
     #[arg(long, default_value = "40s", value_parser = parse_secs)]
@@ -454,15 +460,14 @@ async fn server(args: ServerArgs) -> Result<()> {
     let client = in_process_client(router.clone());
     let scheduler = (!args.disable_scheduler).then(|| {
         let mut rx = stop_rx.clone();
+        let config =
+            corral_scheduler::SchedulerConfig::default().with_profiles(&args.scheduler_profiles);
         let client = client.clone();
         tokio::spawn(async move {
             let stop = async move {
                 let _ = rx.wait_for(|s| *s).await;
             };
-            if let Err(e) =
-                corral_scheduler::run(client, corral_scheduler::SchedulerConfig::default(), stop)
-                    .await
-            {
+            if let Err(e) = corral_scheduler::run(client, config, stop).await {
                 tracing::error!(error = %e, "scheduler stopped");
             }
         })

@@ -26,6 +26,32 @@ pub struct Profile {
     pub kind: ProfileKind,
 }
 
+impl std::str::FromStr for ProfileKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "default" => Ok(ProfileKind::Default),
+            "least-loaded" => Ok(ProfileKind::LeastLoaded),
+            "round-robin" => Ok(ProfileKind::RoundRobin),
+            _ => Err(format!("{s:?}: want default, least-loaded or round-robin")),
+        }
+    }
+}
+
+impl std::str::FromStr for Profile {
+    type Err = String;
+    /// `<schedulerName>=<kind>`, e.g. `default-scheduler=least-loaded`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, kind) = s.split_once('=').ok_or_else(|| {
+            format!("{s:?}: want <schedulerName>=<default|least-loaded|round-robin>")
+        })?;
+        if name.is_empty() {
+            return Err(format!("{s:?}: the scheduler name is empty"));
+        }
+        Ok(Profile::new(name, kind.parse()?))
+    }
+}
+
 impl Profile {
     pub fn new(scheduler_name: impl Into<String>, kind: ProfileKind) -> Profile {
         Profile {
@@ -81,6 +107,33 @@ impl Default for SchedulerConfig {
 }
 
 impl SchedulerConfig {
+    /// The profiles corral serves unless told otherwise: kube's default profile for
+    /// `default-scheduler`, and the least-loaded and round-robin policies for pods whose
+    /// spec.schedulerName is `corral-least-loaded` or `corral-round-robin`.
+    pub fn builtin_profiles() -> Vec<Profile> {
+        vec![
+            Profile::new(DEFAULT_SCHEDULER_NAME, ProfileKind::Default),
+            Profile::new("corral-least-loaded", ProfileKind::LeastLoaded),
+            Profile::new("corral-round-robin", ProfileKind::RoundRobin),
+        ]
+    }
+
+    /// The built-in profiles with `overrides` replacing those of the same name or added.
+    pub fn with_profiles(mut self, overrides: &[Profile]) -> Self {
+        let mut profiles = Self::builtin_profiles();
+        for o in overrides {
+            match profiles
+                .iter_mut()
+                .find(|p| p.scheduler_name == o.scheduler_name)
+            {
+                Some(p) => *p = o.clone(),
+                None => profiles.push(o.clone()),
+            }
+        }
+        self.profiles = profiles;
+        self
+    }
+
     pub fn profile(&self, scheduler_name: &str) -> Option<&Profile> {
         self.profiles
             .iter()

@@ -107,7 +107,10 @@ pub fn validate_kind(res: &Resource, obj: &Value, old: Option<&Value>, c: &mut V
             }
             for (field, allowed) in [
                 ("reclaimPolicy", &["Delete", "Retain"][..]),
-                ("volumeBindingMode", &["Immediate", "WaitForFirstConsumer"][..]),
+                (
+                    "volumeBindingMode",
+                    &["Immediate", "WaitForFirstConsumer"][..],
+                ),
             ] {
                 if let Some(v) = obj[field].as_str() {
                     if !allowed.contains(&v) {
@@ -118,7 +121,12 @@ pub fn validate_kind(res: &Resource, obj: &Value, old: Option<&Value>, c: &mut V
             if let Some(old) = old {
                 // Kubernetes: "updates to parameters are forbidden." (and the same for the
                 // provisioner, reclaimPolicy and volumeBindingMode).
-                for field in ["parameters", "provisioner", "reclaimPolicy", "volumeBindingMode"] {
+                for field in [
+                    "parameters",
+                    "provisioner",
+                    "reclaimPolicy",
+                    "volumeBindingMode",
+                ] {
                     if old[field] != obj[field] {
                         c.push(Cause::forbidden(
                             field,
