@@ -334,7 +334,9 @@ def test_garbage_collection_background_orphan_foreground(ck, api, cns):
 
 def test_every_namespace_gets_default_serviceaccount_and_root_ca(ck, api, cns, cserver):
     core = client.CoreV1Api(api)
-    wait_for(lambda: core.read_namespaced_service_account("default", cns), what="default sa")
+    # Made by a controller after the namespace: until then a read would raise 404.
+    wait_for(lambda: core.list_namespaced_service_account(cns, field_selector="metadata.name=default").items,
+             what="default sa")
     cm = wait_for(lambda: core.list_namespaced_config_map(cns, field_selector="metadata.name=kube-root-ca.crt").items,
                   what="root ca configmap")[0]
     assert cm.data["ca.crt"].startswith("-----BEGIN CERTIFICATE-----")

@@ -762,3 +762,39 @@ def test_kubectl_attach(node, kc, pns):
     assert "line:alpha\nline:beta\nbye" in p.stdout, (p.stdout, p.stderr)
     wait_for("the --rm pod to be deleted", lambda: not kc.json("get", "pods", "-n", pns, "--field-selector", "metadata.name=once")["items"], timeout=60)
     kc("delete", "pod", "cat", "ticker", "-n", pns, "--wait=false")
+
+
+def test_kubectl_attach_tty(node, kc, pns):
+    """kubectl attach -it to a shell on a terminal (what kubectl run -it gives): typed
+    input reaches the container's terminal, whose output comes back."""
+    import select
+
+    apply(kc, pns, pod("tty", node, [{
+        "name": "c", "image": "busybox:test", "stdin": True, "tty": True, "command": ["sh"],
+    }]))
+    running_pod(kc, pns, "tty")
+    master, slave = os.openpty()
+    a = subprocess.Popen(
+        ["kubectl", "--cache-dir", kc.cache, "attach", "-it", "-n", pns, "tty"],
+        env=kc.env(), stdin=slave, stdout=slave, stderr=slave,
+    )
+    os.close(slave)
+    out = b""
+    try:
+        deadline = time.time() + 30
+        next_send = 0
+        while b"hi-2" not in out and time.time() < deadline:
+            if time.time() >= next_send:
+                # Until the session is up, input may be lost: send again now and then.
+                os.write(master, b"echo hi-$((1+1))\r")
+                next_send = time.time() + 3
+            r, _, _ = select.select([master], [], [], 0.2)
+            if r:
+                out += os.read(master, 4096)
+        assert b"hi-2" in out, out
+    finally:
+        a.kill()
+        a.wait()
+        os.close(master)
+    assert "running" in cstatus(get_pod(kc, pns, "tty"))["state"]
+    kc("delete", "pod", "tty", "-n", pns, "--wait=false")
