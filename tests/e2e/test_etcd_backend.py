@@ -5,6 +5,8 @@ reason. Each server keeps its own data dir (and so its own CA and kubeconfig); o
 objects are shared."""
 
 import json
+import signal
+import time
 import os
 import shutil
 import subprocess
@@ -47,10 +49,9 @@ pytestmark = [
 def pair():
     servers = []
     try:
-        # Only the first runs controllers and the scheduler: there is no leader election
-        # between servers yet, so two would both act on every object.
-        for extra in ([], ["--disable-controllers", "--disable-scheduler"]):
-            servers.append(Server(extra_args=["--datastore-endpoint", ENDPOINT, *extra]).start())
+        # Both run controllers and the scheduler; leader election lets only one act.
+        for _ in range(2):
+            servers.append(Server(extra_args=["--datastore-endpoint", ENDPOINT]).start())
         yield servers
     finally:
         for s in servers:
@@ -116,3 +117,65 @@ def test_unreachable_etcd_is_a_clear_error():
         assert "cannot reach etcd at http://127.0.0.1:1" in out, out
     finally:
         s.cleanup()
+
+
+def leaders(servers, lease):
+    def log(s):
+        with open(s.log_path, "rb") as f:
+            return strip_ansi(f.read().decode(errors="replace"))
+    return [s for s in servers if f"became leader lease={lease}" in log(s)]
+
+
+def strip_ansi(text):
+    import re
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def wait_until(what, fn, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = fn()
+        if v:
+            return v
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_leader_election_one_controller_manager_and_failover(pair):
+    """Two servers with controllers and schedulers on one etcd: exactly one of each leads
+    (Leases kube-controller-manager and kube-scheduler in kube-system), a Deployment gets
+    one ReplicaSet and its replicas once, and when the leader dies the other takes over.
+    (The last test of the pair: it kills one of them.)"""
+    servers = pair
+    k = Kubectl(servers[1])
+    try:
+        for lease in ("kube-controller-manager", "kube-scheduler"):
+            wait_until(f"a {lease} leader", lambda: leaders(servers, lease), timeout=40)
+        lead = leaders(servers, "kube-controller-manager")
+        assert len(lead) == 1, "both servers lead the controllers"
+        holder = k.json("get", "lease", "kube-controller-manager", "-n", "kube-system")["spec"]
+        assert holder["holderIdentity"] and holder["leaseDurationSeconds"] == 15
+        ns = "lead-" + uuid.uuid4().hex[:8]
+        k("create", "namespace", ns)
+        k("create", "deployment", "web", "--image=busybox-web:1", "--replicas=3", "-n", ns)
+        wait_until("3 pods", lambda: len(k.json("get", "pods", "-n", ns)["items"]) == 3, timeout=30)
+        time.sleep(3)  # a second controller manager would have doubled them by now
+        assert len(k.json("get", "replicasets", "-n", ns)["items"]) == 1
+        assert len(k.json("get", "pods", "-n", ns)["items"]) == 3
+
+        leader = lead[0]
+        survivor = servers[1 - servers.index(leader)]
+        leader.stop(sig=signal.SIGKILL)  # no release: the survivor waits out the lease
+        ks = Kubectl(survivor)
+        try:
+            wait_until("the survivor to lead", lambda: survivor in leaders([survivor], "kube-controller-manager"), timeout=40)
+            new_holder = ks.json("get", "lease", "kube-controller-manager", "-n", "kube-system")["spec"]
+            assert new_holder["holderIdentity"] != holder["holderIdentity"]
+            assert new_holder["leaseTransitions"] >= 1
+            ks("scale", "deployment", "web", "--replicas=5", "-n", ns)
+            wait_until("5 pods", lambda: len(ks.json("get", "pods", "-n", ns)["items"]) == 5, timeout=30)
+            ks("delete", "namespace", ns, "--wait=false")
+        finally:
+            ks.cleanup()
+    finally:
+        k.cleanup()

@@ -2,6 +2,7 @@
 //! (in later parts) controllers, scheduler, agent and proxy into one process.
 
 mod join;
+mod leader;
 mod pki;
 mod serve;
 mod tokens;
@@ -316,6 +317,30 @@ fn spawn_agent(
     })
 }
 
+/// Runs a control-plane component until shutdown: at once, or (`elect`) only while this
+/// server holds the component's leader Lease.
+fn spawn_component<F, Fut>(
+    elect: bool,
+    client: &kube::Client,
+    lease: &'static str,
+    identity: &str,
+    stop: &tokio::sync::watch::Receiver<bool>,
+    work: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(tokio::sync::watch::Receiver<bool>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    if elect {
+        let (client, identity, stop) = (client.clone(), identity.to_string(), stop.clone());
+        tokio::spawn(async move {
+            leader::run_while_leading(client, lease, &identity, stop, work).await
+        })
+    } else {
+        tokio::spawn(work(stop.clone()))
+    }
+}
+
 /// A Kubernetes client wired straight to the API router: no socket, no TLS, but the same
 /// handlers, validation and admission as any remote request (DESIGN.md). The layer in
 /// front gives its requests the identity of the control plane.
@@ -458,22 +483,29 @@ async fn server(args: ServerArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("starting the API: {e}"))?;
     let router = corral_api::router(state);
     let client = in_process_client(router.clone());
+    // Servers sharing an etcd elect one leader each for the controllers and the scheduler
+    // (Leases kube-controller-manager and kube-scheduler in kube-system, as Kubernetes); a
+    // server on its own embedded store is alone by construction (the store is locked).
+    let elect = args.datastore_endpoint.is_some();
+    let identity = format!("{}_{}", hostname(), uuid::Uuid::new_v4());
     let scheduler = (!args.disable_scheduler).then(|| {
-        let mut rx = stop_rx.clone();
         let config =
             corral_scheduler::SchedulerConfig::default().with_profiles(&args.scheduler_profiles);
-        let client = client.clone();
-        tokio::spawn(async move {
-            let stop = async move {
-                let _ = rx.wait_for(|s| *s).await;
-            };
-            if let Err(e) = corral_scheduler::run(client, config, stop).await {
-                tracing::error!(error = %e, "scheduler stopped");
+        let c = client.clone();
+        let work = move |mut rx: tokio::sync::watch::Receiver<bool>| {
+            let (client, config) = (c.clone(), config.clone());
+            async move {
+                let stop = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                if let Err(e) = corral_scheduler::run(client, config, stop).await {
+                    tracing::error!(error = %e, "scheduler stopped");
+                }
             }
-        })
+        };
+        spawn_component(elect, &client, "kube-scheduler", &identity, &stop_rx, work)
     });
     let controllers = (!args.disable_controllers).then(|| {
-        let mut rx = stop_rx.clone();
         let config = corral_controllers::Config {
             root_ca_pem: Some(pki.ca_pem.clone()),
             volumes_dir: Some(data_dir.join("volumes")),
@@ -488,13 +520,20 @@ async fn server(args: ServerArgs) -> Result<()> {
                     .clamp(Duration::from_secs(1), Duration::from_secs(20)),
             },
         };
-        tokio::spawn(corral_controllers::run(
-            client.clone(),
-            config,
-            async move {
+        let c = client.clone();
+        let work = move |mut rx: tokio::sync::watch::Receiver<bool>| {
+            corral_controllers::run(c.clone(), config.clone(), async move {
                 let _ = rx.wait_for(|s| *s).await;
-            },
-        ))
+            })
+        };
+        spawn_component(
+            elect,
+            &client,
+            "kube-controller-manager",
+            &identity,
+            &stop_rx,
+            work,
+        )
     });
     let agent = (!args.disable_agent)
         .then(|| spawn_agent(&args, &data_dir, &pki, client.clone(), stop_rx.clone()));
