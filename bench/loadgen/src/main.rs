@@ -525,6 +525,24 @@ async fn create_configmaps(t: Arc<Target>, proto: Proto, ns: &str, prefix: &str,
     .await
 }
 
+/// POST `count` small Pods (one container with requests, as the scheduler bench makes).
+async fn create_pods(t: Arc<Target>, proto: Proto, ns: &str, prefix: &str, count: u64, concurrency: u64) -> Res<LoadResult> {
+    let path = format!("/api/v1/namespaces/{ns}/pods");
+    let prefix = prefix.to_string();
+    let tt = t.clone();
+    run_load(t, proto, count, concurrency, StatusCode::CREATED, move |i| {
+        let name = format!("{prefix}{i:07}");
+        let body = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app": "bench"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox:test",
+                "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]},
+        });
+        tt.request(proto, Method::POST, &path, Some("application/json"), Bytes::from(body.to_string()))
+    })
+    .await
+}
+
 async fn cmd_creates(f: &Flags) -> Res<Value> {
     let t = Arc::new(Target::from_flags(f)?);
     let proto = Proto::parse(f.str("proto"));
@@ -532,8 +550,13 @@ async fn cmd_creates(f: &Flags) -> Res<Value> {
     let value_size = f.u64("value-size", 1024) as usize;
     let ns = f.str("namespace").map(String::from).unwrap_or_else(|| format!("bench-create-{}", unique_suffix()));
     ensure_namespace(&t, proto, &ns).await?;
-    let r = create_configmaps(t, proto, &ns, "cm-", count, conc, value_size).await?;
-    let mut v = load_json("corral-creates", proto, count, conc, value_size, r);
+    let pods = f.str("kind") == Some("pod");
+    let r = if pods {
+        create_pods(t, proto, &ns, "pod-", count, conc).await?
+    } else {
+        create_configmaps(t, proto, &ns, "cm-", count, conc, value_size).await?
+    };
+    let mut v = load_json(if pods { "corral-pod-creates" } else { "corral-creates" }, proto, count, conc, value_size, r);
     v["namespace"] = json!(ns);
     Ok(v)
 }
