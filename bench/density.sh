@@ -11,7 +11,7 @@
 # the container) for the same idle time. Prints JSON and per-pod numbers. See
 # bench/README.md.
 #
-# Knobs (environment): PODS=100 IDLE=60 CARGO_TARGET_DIR RESULTS=FILE.
+# Knobs (environment): PODS=100 IDLE=60 CARGO_TARGET_DIR RESULTS=FILE CORRAL_BIN=FILE.
 BENCH_NAME=density
 source "$(dirname "$0")/pods_common.sh"
 OUT=$(python3 "$ROOT/bench/podbench.py" density --tmp "$TMP" --corral "$TMP/corral" --images "$TMP/images" \

@@ -11,7 +11,9 @@
 # /etc files, cgroup), time to `crun run --detach` returning and to httpd accepting.
 # Prints JSON and a table with corral/crun ratios. See bench/README.md.
 #
-# Knobs (environment): COUNT=100 BATCH=10 ROUNDS=1 CARGO_TARGET_DIR RESULTS=FILE.
+# Knobs (environment): COUNT=100 BATCH=10 ROUNDS=1 CARGO_TARGET_DIR RESULTS=FILE
+# CORRAL_BIN=FILE (use that binary instead of building) CORRAL_LOG (the server's log filter,
+# e.g. info,corral_agent=debug,corral_runtime=debug for per-pod timings) SERVER_LOG=FILE (keep it).
 BENCH_NAME=pod-start
 source "$(dirname "$0")/pods_common.sh"
 OUT=$(python3 "$ROOT/bench/podbench.py" start --tmp "$TMP" --corral "$TMP/corral" --images "$TMP/images" \

@@ -288,7 +288,8 @@ class CorralNode:
         while True:
             try:
                 node = self.kube.get(f"/api/v1/nodes/{self.node_name}", ok=(200, 404))
-                conds = {c["type"]: c["status"] for c in (node.get("status") or {}).get("conditions", [])}
+                st = node.get("status") if node.get("kind") == "Node" else None
+                conds = {c["type"]: c["status"] for c in (st or {}).get("conditions", [])}
                 if conds.get("Ready") == "True":
                     break
             except (OSError, RuntimeError, http.client.HTTPException, ssl.SSLError):

@@ -16,6 +16,7 @@ TMP=$(mktemp -d /tmp/corral-$NAME-bench.XXXXXX)
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    [ -n "${SERVER_LOG:-}" ] && cp "$TMP/server.log" "$SERVER_LOG" 2>/dev/null || true
     if ! python3 "$ROOT/bench/podbench.py" cleanup --tmp "$TMP"; then
         log "cleanup left something behind (listed above); temp dir kept: $TMP"
         exit 1
@@ -38,9 +39,13 @@ if ! command -v crun >/dev/null; then
     }
 fi
 
-log "building corral (release, target dir $TARGET)"
-(cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --release -q -p corral --bin corral)
+if [ -n "${CORRAL_BIN:-}" ]; then
+    log "using $CORRAL_BIN (not building)"
+else
+    log "building corral (release, target dir $TARGET)"
+    (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --release -q -p corral --bin corral)
+fi
 # A private copy, so a concurrent rebuild cannot swap the binary (and the shims) mid-run.
-cp "$TARGET/release/corral" "$TMP/corral"
+cp "${CORRAL_BIN:-$TARGET/release/corral}" "$TMP/corral"
 python3 "$ROOT/tests/images/build.py" "$TMP/images" >/dev/null
 log "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), $(crun --version | head -1)"
