@@ -9,7 +9,8 @@
 # TCP connection on the pod IP; then the same number of crun containers of the same image,
 # each with what the agent makes for a pod (overlay rootfs, netns + veth on a bridge,
 # /etc files, cgroup), time to `crun run --detach` returning and to httpd accepting.
-# Prints JSON and a table with corral/crun ratios. See bench/README.md.
+# corral and crun batches alternate, so both see the same machine load. Prints JSON and a
+# table with corral/crun ratios. See bench/README.md.
 #
 # Knobs (environment): COUNT=100 BATCH=10 ROUNDS=1 CARGO_TARGET_DIR RESULTS=FILE
 # CORRAL_BIN=FILE (use that binary instead of building) CORRAL_LOG (the server's log filter,

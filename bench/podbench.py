@@ -313,12 +313,18 @@ class CorralNode:
                 "spec": {"terminationGracePeriodSeconds": 1,
                          "containers": [{"name": "web", "image": IMAGE}]}}
 
-    def start_pods(self, names, batch, timeout=120):
-        """Creates the pods `batch` at a time (each batch waits for the previous one to be
-        Running); returns per pod (create sent, bound, agent status, Running, serving)."""
+    def watch(self):
         rv = self.kube.get(f"/api/v1/namespaces/{NS}/pods")["metadata"]["resourceVersion"]
         w = PodWatch(self.kube, rv)
         w.start()
+        return w
+
+    def start_pods(self, names, batch, timeout=120, w=None):
+        """Creates the pods `batch` at a time (each batch waits for the previous one to be
+        Running); returns per pod (create sent, bound, agent status, Running, serving)."""
+        own = w is None
+        if own:
+            w = self.watch()
         t0, serving, errors = {}, {}, []
 
         def one(name):
@@ -338,7 +344,8 @@ class CorralNode:
                 t.join()
             if errors:
                 raise RuntimeError("; ".join(errors[:3]))
-        w.stop = True
+        if own:
+            w.stop = True
         return {n: (t0[n], w.bound.get(n), w.reported.get(n), w.running[n], serving[n]) for n in names}
 
     def containers_dir(self):
@@ -631,12 +638,18 @@ def cmd_start(args):
     node.start_pods(["warmup"], 1)
     crun.start_many(1, 1)
     for rnd in range(args.rounds):
-        log(f"round {rnd + 1}/{args.rounds}: corral {count} pods, {batch} at a time")
+        # Batches alternate (10 pods, then 10 crun containers, ...), so that both see the
+        # same machine load: on a shared machine it swings within seconds.
+        log(f"round {rnd + 1}/{args.rounds}: {count} corral pods and {count} crun containers, "
+            f"{batch} at a time, alternating")
         names = [f"p{rnd}-{i}" for i in range(count)]
-        r = node.start_pods(names, batch)
+        w = node.watch()
+        r, c = {}, {}
+        for i in range(0, count, batch):
+            r.update(node.start_pods(names[i:i + batch], batch, w=w))
+            c.update(crun.start_many(min(batch, count - i), batch))
+        w.stop = True
         node.delete_pods()
-        log(f"round {rnd + 1}/{args.rounds}: crun {count} containers, {batch} at a time")
-        c = crun.start_many(count, batch)
         for k, v in (("corral_running", [x[3] - x[0] for x in r.values()]),
                      ("corral_serving", [x[4] - x[0] for x in r.values()]),
                      ("corral_bound", [x[1] - x[0] for x in r.values() if x[1]]),
