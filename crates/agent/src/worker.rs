@@ -246,7 +246,12 @@ impl Worker {
             .filter_map(|s| Some((s["name"].as_str()?.to_string(), s)))
             .collect();
         let mut runs: BTreeMap<String, Vec<(u32, corral_runtime::ContainerInfo)>> = BTreeMap::new();
-        for info in ctx.runtime.list_containers().unwrap_or_default() {
+        // Container ids start with the pod uid (paths::container_id).
+        for info in ctx
+            .runtime
+            .list_containers_with_prefix(&uid)
+            .unwrap_or_default()
+        {
             if info.pod_uid != uid {
                 continue;
             }
@@ -534,7 +539,10 @@ impl Worker {
             resolv_conf: self.ctx.resolv_conf.clone(),
             hosts: Some(hosts),
         };
-        match self.ctx.runtime.create_sandbox(sb).await {
+        let started = Instant::now();
+        let created = self.ctx.runtime.create_sandbox(sb).await;
+        tracing::debug!(pod = %self.key(), ms = ms(started.elapsed()), ok = created.is_ok(), "sandbox");
+        match created {
             Ok(s) => {
                 self.sandbox = Some(s);
                 Ok(())
@@ -728,6 +736,7 @@ impl Worker {
             .map(|(r, _)| r.to_string())
             .unwrap_or_else(|| image_ref.clone());
         let image_id = format!("{repo}@{}", image.digest.as_str());
+        let t_image = Instant::now();
         {
             let st = self.ctrs.get_mut(&name).expect("present");
             if st.pull_backoff.take().is_some()
@@ -772,6 +781,7 @@ impl Worker {
                 return now + RETRY;
             }
         };
+        let t_volumes = Instant::now();
         let st = self.ctrs.get(&name).expect("present");
         let n = if st.run.is_some() {
             st.restart_count + 1
@@ -846,7 +856,14 @@ impl Worker {
             .sandbox
             .clone()
             .expect("sandbox made before containers");
+        let t_built = Instant::now();
         let result = self.ctx.runtime.start_container(&sandbox, spec).await;
+        tracing::debug!(
+            pod = %self.key(), container = %name,
+            image_ms = ms(t_image - now), volumes_ms = ms(t_volumes - t_image),
+            build_ms = ms(t_built - t_volumes), runtime_ms = ms(t_built.elapsed()),
+            ok = result.is_ok(), "container start"
+        );
         if restart {
             let st = self.ctrs.get_mut(&name).expect("present");
             st.crash_backoff = Some(match st.crash_backoff {
@@ -1256,14 +1273,16 @@ impl Worker {
         let ns = self.pod.namespace().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), &ns);
         let patch = json!({"metadata": {"uid": self.uid}, "status": status});
-        match api
+        let started = Instant::now();
+        let written = api
             .patch_status(
                 &self.pod.name_any(),
                 &PatchParams::default(),
                 &Patch::Merge(&patch),
             )
-            .await
-        {
+            .await;
+        tracing::debug!(pod = %self.key(), ms = ms(started.elapsed()), phase = %status["phase"], "status written");
+        match written {
             Ok(_) => self.last_status = Some(status),
             Err(e) => tracing::warn!(pod = %self.key(), error = %e, "writing pod status failed"),
         }
@@ -1317,7 +1336,12 @@ impl Worker {
         for c in self.ctrs.values_mut() {
             c.run = None;
         }
-        for info in self.ctx.runtime.list_containers().unwrap_or_default() {
+        for info in self
+            .ctx
+            .runtime
+            .list_containers_with_prefix(&self.uid)
+            .unwrap_or_default()
+        {
             if info.pod_uid == self.uid {
                 if let Err(e) = self.ctx.runtime.remove_container(&info.id).await {
                     tracing::warn!(pod = %self.key(), error = %e, "removing container failed");
@@ -1364,6 +1388,11 @@ impl Worker {
         }
         tracing::info!(pod = %self.key(), "pod terminated and deleted");
     }
+}
+
+/// Milliseconds with a fraction, for timing logs.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 fn fmt_dur(d: Duration) -> String {

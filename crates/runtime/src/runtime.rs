@@ -7,8 +7,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -93,6 +92,9 @@ struct Inner {
     cfg: RuntimeConfig,
     caps: Capabilities,
     cgroups: Option<Cgroups>,
+    /// Bridges already set up by this runtime (name -> index), so a sandbox does not redo
+    /// the lookups and address check under the kernel's global rtnl lock each time.
+    bridges: std::sync::Mutex<std::collections::HashMap<String, i32>>,
 }
 
 fn detect(cfg: &RuntimeConfig) -> (Capabilities, Option<Cgroups>) {
@@ -147,7 +149,12 @@ impl Runtime {
             tracing::warn!("{note}");
         }
         Ok(Runtime {
-            inner: Arc::new(Inner { cfg, caps, cgroups }),
+            inner: Arc::new(Inner {
+                cfg,
+                caps,
+                cgroups,
+                bridges: Default::default(),
+            }),
         })
     }
 
@@ -239,8 +246,18 @@ impl Runtime {
 
     /// Every container recorded in the state directory, running or not.
     pub fn list_containers(&self) -> Result<Vec<ContainerInfo>> {
+        self.list_containers_with_prefix("")
+    }
+
+    /// The containers whose id starts with `prefix`; only their records are read, so a
+    /// caller that knows the ids' shape (the agent's start with the pod uid) does not pay
+    /// for every container on the node.
+    pub fn list_containers_with_prefix(&self, prefix: &str) -> Result<Vec<ContainerInfo>> {
         let mut out = Vec::new();
         for id in list_dir(&self.inner.cfg.state_dir.join("containers"))? {
+            if !id.starts_with(prefix) {
+                continue;
+            }
             let dir = self.container_dir(&id);
             let Some(cfg) = state::read_json::<ContainerConfig>(&dir.join(state::CONFIG))? else {
                 continue;
@@ -607,6 +624,7 @@ impl Inner {
     }
 
     fn create_sandbox_in(&self, spec: &SandboxSpec, dir: &Path) -> Result<Sandbox> {
+        let t0 = Instant::now();
         let write = |name: &str, content: &str| -> Result<PathBuf> {
             let p = dir.join(name);
             fs::write(&p, content).ctx(|| format!("write {}", p.display()))?;
@@ -646,20 +664,42 @@ impl Inner {
             let ns_path = dir.join("netns");
             let (ns, mut pod_nl) =
                 network::create_netns(&ns_path).ctx(|| "create network namespace".into())?;
+            let t_netns = Instant::now();
             sandbox.netns_path = Some(ns_path);
             let veth = network::host_veth_name(&spec.pod_uid);
             // Recorded before it exists, so a failure part-way still cleans it up.
             sandbox.host_veth = Some(veth.clone());
             state::write_json(&dir.join("sandbox.json"), &sandbox)?;
             let mut host = Netlink::open().ctx(|| "open netlink".into())?;
-            let (bridge, created) = network::ensure_bridge(&mut host, net)
-                .ctx(|| format!("set up bridge {}", net.bridge))?;
-            if created {
-                let mark = self.cfg.state_dir.join("bridges").join(&net.bridge);
-                fs::write(&mark, "").ctx(|| format!("write {}", mark.display()))?;
+            let known = self.bridges.lock().unwrap().get(&net.bridge).copied();
+            let attached = match known {
+                Some(bridge) => {
+                    network::attach_pod(&mut host, &mut pod_nl, &ns, bridge, &veth, net)
+                }
+                None => Err(std::io::Error::other("bridge not set up yet")),
+            };
+            if attached.is_err() {
+                // First pod on this bridge, or the bridge changed under us: set it up again.
+                self.bridges.lock().unwrap().remove(&net.bridge);
+                let (bridge, created) = network::ensure_bridge(&mut host, net)
+                    .ctx(|| format!("set up bridge {}", net.bridge))?;
+                if created {
+                    let mark = self.cfg.state_dir.join("bridges").join(&net.bridge);
+                    fs::write(&mark, "").ctx(|| format!("write {}", mark.display()))?;
+                }
+                network::attach_pod(&mut host, &mut pod_nl, &ns, bridge, &veth, net)
+                    .ctx(|| format!("attach pod {} to {}", spec.pod_uid, net.bridge))?;
+                self.bridges
+                    .lock()
+                    .unwrap()
+                    .insert(net.bridge.clone(), bridge);
             }
-            network::attach_pod(&mut host, &mut pod_nl, &ns, bridge, &veth, net)
-                .ctx(|| format!("attach pod {} to {}", spec.pod_uid, net.bridge))?;
+            tracing::debug!(
+                pod_uid = %spec.pod_uid,
+                files_and_netns_ms = (t_netns - t0).as_secs_f64() * 1000.0,
+                veth_ms = t_netns.elapsed().as_secs_f64() * 1000.0,
+                "pod network"
+            );
             sandbox.network = Some(net.clone());
         }
         state::write_json(&dir.join("sandbox.json"), &sandbox)?;
@@ -705,6 +745,7 @@ impl Inner {
         dir: &Path,
         cgroup_out: &mut Option<crate::cgroup::CgroupPaths>,
     ) -> Result<ContainerInfo> {
+        let t0 = Instant::now();
         let isolated = self.caps.namespaces;
         if isolated {
             match &spec.rootfs {
@@ -780,7 +821,14 @@ impl Inner {
             spec,
         };
         state::write_json(&dir.join(state::CONFIG), &cfg)?;
+        let t1 = Instant::now();
         self.spawn_shim(dir, &cfg.spec.id)?;
+        tracing::debug!(
+            id = %cfg.spec.id,
+            prepare_ms = (t1 - t0).as_secs_f64() * 1000.0,
+            shim_ms = t1.elapsed().as_secs_f64() * 1000.0,
+            "container started"
+        );
         Ok(ContainerInfo {
             id: cfg.spec.id.clone(),
             pod_uid: cfg.pod_uid.clone(),
@@ -794,32 +842,23 @@ impl Inner {
     fn spawn_shim(&self, dir: &Path, id: &str) -> Result<()> {
         let (sync_r, sync_w) = sys::pipe().ctx(|| "sync pipe".into())?;
         let shim_log = fs::File::create(dir.join("shim.log")).ctx(|| "create shim.log".into())?;
-        let w = sync_w.as_raw_fd();
-        let mut cmd = std::process::Command::new(&self.cfg.shim_exe);
-        cmd.args(&self.cfg.shim_args)
-            .arg("run")
-            .arg(dir)
-            .env(SYNC_FD_ENV, "3")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(shim_log));
-        unsafe {
-            cmd.pre_exec(move || {
-                if w == 3 {
-                    sys::cvt(libc::fcntl(3, libc::F_SETFD, 0))?;
-                } else {
-                    sys::cvt(libc::dup2(w, 3))?;
-                }
-                libc::setsid();
-                Ok(())
-            });
+        let mut argv = vec![sys::cstr(&self.cfg.shim_exe).ctx(|| "shim path".into())?];
+        for a in self.cfg.shim_args.iter().map(String::as_str).chain(["run"]) {
+            argv.push(sys::cstr(a).ctx(|| "shim argument".into())?);
         }
-        let mut child = cmd
-            .spawn()
-            .ctx(|| format!("spawn shim {}", self.cfg.shim_exe.display()))?;
+        argv.push(sys::cstr(dir).ctx(|| "container dir".into())?);
+        // The shim makes its own session (setsid) first thing, so the spawn needs no hook.
+        let pid = sys::spawn(
+            &argv,
+            &[(SYNC_FD_ENV.to_string(), "3".to_string())],
+            shim_log.as_fd(),
+            &[(sync_w.as_fd(), 3)],
+        )
+        .ctx(|| format!("spawn shim {}", self.cfg.shim_exe.display()))?;
         drop(sync_w);
+        drop(shim_log);
         // The first shim process forks the real one and exits at once.
-        let _ = child.wait();
+        let _ = sys::wait_pid(pid);
         let msg = read_sync(sync_r, SHIM_START_TIMEOUT).map_err(|reason| Error::StartFailed {
             id: id.into(),
             reason,

@@ -2,8 +2,8 @@
 
 use std::ffi::{CString, OsStr};
 use std::io::{self, Write};
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
 pub(crate) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -230,5 +230,135 @@ pub(crate) fn recv_fd(sock: RawFd) -> io::Result<Option<OwnedFd>> {
         }
         let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const RawFd);
         Ok(Some(OwnedFd::from_raw_fd(fd)))
+    }
+}
+
+/// Starts `argv` (argv[0] is the program path) with posix_spawn, its stdin and stdout on
+/// /dev/null, stderr on `stderr` and each `(fd, number)` of `extra` at that number; the
+/// environment is ours plus `env`. Returns the child's pid.
+///
+/// Why not `std::process::Command` with `pre_exec`: a pre_exec hook makes std fork() the
+/// whole agent, which copies the page tables of a large multi-threaded process (and takes
+/// its mmap lock) only for exec to throw them away, once per container start; posix_spawn
+/// (glibc: clone with CLONE_VM|CLONE_VFORK) costs the same whatever the parent's size.
+pub(crate) fn spawn(
+    argv: &[CString],
+    env: &[(String, String)],
+    stderr: BorrowedFd<'_>,
+    extra: &[(BorrowedFd<'_>, RawFd)],
+) -> io::Result<libc::pid_t> {
+    // Private copies above every target number, so no dup2 below clobbers a source, and
+    // each dup2 clears close-on-exec on its target (a dup2 onto itself would not).
+    let high = |fd: BorrowedFd<'_>| -> io::Result<OwnedFd> {
+        let n = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) })?;
+        Ok(unsafe { OwnedFd::from_raw_fd(n) })
+    };
+    let err = high(stderr)?;
+    let extra: Vec<(OwnedFd, RawFd)> = extra
+        .iter()
+        .map(|(fd, to)| Ok((high(*fd)?, *to)))
+        .collect::<io::Result<_>>()?;
+    let overridden: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    let mut envs: Vec<CString> = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        if k.to_str().is_some_and(|k| overridden.contains(&k)) {
+            continue;
+        }
+        let mut kv = k.into_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        if let Ok(c) = CString::new(kv) {
+            envs.push(c);
+        }
+    }
+    for (k, v) in env {
+        envs.push(cstr(format!("{k}={v}"))?);
+    }
+    let mut argv_p: Vec<*mut libc::c_char> = argv.iter().map(|a| a.as_ptr() as *mut _).collect();
+    argv_p.push(std::ptr::null_mut());
+    let mut env_p: Vec<*mut libc::c_char> = envs.iter().map(|a| a.as_ptr() as *mut _).collect();
+    env_p.push(std::ptr::null_mut());
+    let devnull = c"/dev/null";
+    unsafe {
+        let mut fa: libc::posix_spawn_file_actions_t = std::mem::zeroed();
+        let mut attr: libc::posix_spawnattr_t = std::mem::zeroed();
+        spawn_check(libc::posix_spawn_file_actions_init(&mut fa))?;
+        let r = (|| {
+            spawn_check(libc::posix_spawnattr_init(&mut attr))?;
+            // As std does: an empty signal mask and SIGPIPE back to its default.
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            let mut pipe: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut pipe);
+            libc::sigaddset(&mut pipe, libc::SIGPIPE);
+            spawn_check(libc::posix_spawnattr_setsigmask(&mut attr, &none))?;
+            spawn_check(libc::posix_spawnattr_setsigdefault(&mut attr, &pipe))?;
+            spawn_check(libc::posix_spawnattr_setflags(
+                &mut attr,
+                (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
+            ))?;
+            spawn_check(libc::posix_spawn_file_actions_addopen(
+                &mut fa,
+                0,
+                devnull.as_ptr(),
+                libc::O_RDONLY,
+                0,
+            ))?;
+            spawn_check(libc::posix_spawn_file_actions_addopen(
+                &mut fa,
+                1,
+                devnull.as_ptr(),
+                libc::O_WRONLY,
+                0,
+            ))?;
+            spawn_check(libc::posix_spawn_file_actions_adddup2(
+                &mut fa,
+                err.as_raw_fd(),
+                2,
+            ))?;
+            for (fd, to) in &extra {
+                spawn_check(libc::posix_spawn_file_actions_adddup2(
+                    &mut fa,
+                    fd.as_raw_fd(),
+                    *to,
+                ))?;
+            }
+            let mut pid: libc::pid_t = 0;
+            spawn_check(libc::posix_spawn(
+                &mut pid,
+                argv[0].as_ptr(),
+                &fa,
+                &attr,
+                argv_p.as_ptr(),
+                env_p.as_ptr(),
+            ))?;
+            Ok(pid)
+        })();
+        libc::posix_spawn_file_actions_destroy(&mut fa);
+        libc::posix_spawnattr_destroy(&mut attr);
+        r
+    }
+}
+
+/// posix_spawn* return an error number instead of setting errno.
+fn spawn_check(r: libc::c_int) -> io::Result<()> {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(r))
+    }
+}
+
+/// Waits for a child of ours to exit; returns its wait status.
+pub(crate) fn wait_pid(pid: libc::pid_t) -> io::Result<libc::c_int> {
+    let mut status = 0;
+    loop {
+        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+            return Ok(status);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
 }
