@@ -1098,3 +1098,32 @@ def test_scheduler_profiles_round_robin_and_unknown_scheduler(api, wns, cluster)
             core.delete_namespaced_pod(p.metadata.name, wns, grace_period_seconds=0)
         for n in nodes:
             cluster.remove_node(n)
+
+
+def test_binding_preconditions_and_no_rebinding(api, wns):
+    """pods/binding as Kubernetes' BindingREST: the Binding's uid is a precondition, a bound
+    pod cannot be bound again, and the Binding's annotations land on the pod."""
+    core = client.CoreV1Api(api)
+    core.create_namespaced_pod(wns, {"metadata": {"name": "b"}, "spec": {
+        "schedulerName": "nobody", "containers": [{"name": "c", "image": "busybox:test"}]}})
+    uid = core.read_namespaced_pod("b", wns).metadata.uid
+
+    def bind(node, uid=None, annotations=None):
+        body = {"apiVersion": "v1", "kind": "Binding",
+                "metadata": {"name": "b", "uid": uid, "annotations": annotations},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": node}}
+        # (The client cannot decode the Status a binding returns as a V1Binding, as
+        # against Kubernetes: read the raw response.)
+        return core.create_namespaced_pod_binding("b", wns, body, _preload_content=False)
+
+    with pytest.raises(client.ApiException) as e:
+        bind("n1", uid="00000000-0000-0000-0000-000000000000")
+    assert e.value.status == 409 and "Precondition failed: UID in precondition" in str(e.value.body)
+    assert bind("n1", uid=uid, annotations={"example.com/why": "test"}).status == 201
+    p = core.read_namespaced_pod("b", wns)
+    assert p.spec.node_name == "n1" and p.metadata.annotations["example.com/why"] == "test"
+    assert {c.type: c.status for c in p.status.conditions}["PodScheduled"] == "True"
+    with pytest.raises(client.ApiException) as e:
+        bind("n2")
+    assert e.value.status == 409 and 'is already assigned to node \\"n1\\"' in str(e.value.body)
+    core.delete_namespaced_pod("b", wns, grace_period_seconds=0)

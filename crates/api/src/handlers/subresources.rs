@@ -211,7 +211,34 @@ pub async fn binding(
             vec![crate::error::Cause::required("target.name")],
         ));
     }
-    update_object(st, res, ns, name, None, &ctx, |current| {
+    // As Kubernetes' BindingREST: a guaranteed update of the stored pod, not a user write
+    // (no field manager entry, no re-validation of the pod). The Binding's uid and
+    // resourceVersion, when set, are preconditions on the pod.
+    let want_uid = b["metadata"]["uid"].as_str().filter(|u| !u.is_empty());
+    let want_rv = b["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|r| !r.is_empty());
+    let annotations = b["metadata"]["annotations"].as_object().cloned();
+    let mut retry = super::write::Retry::new();
+    loop {
+        let (current, kv) = storage::get_or_404(&st.store, res, ns, name).await?;
+        if let Some(u) = want_uid {
+            let have = current["metadata"]["uid"].as_str().unwrap_or("");
+            if u != have {
+                return Err(ApiError::conflict(
+                    "pods",
+                    name,
+                    &format!(
+                        "Precondition failed: UID in precondition: {u}, UID in object meta: {have}"
+                    ),
+                ));
+            }
+        }
+        if let Some(rv) = want_rv {
+            if rv != kv.mod_revision.to_string() {
+                return Err(ApiError::modified("pods", name));
+            }
+        }
         let have = current["spec"]["nodeName"].as_str().unwrap_or("");
         if !have.is_empty() {
             return Err(ApiError::conflict(
@@ -223,22 +250,42 @@ pub async fn binding(
         if !current["metadata"]["deletionTimestamp"].is_null() {
             return Err(ApiError::conflict("pods", name, "pod is being deleted"));
         }
-        let mut obj = current.clone();
+        let mut obj = current;
         obj["spec"]["nodeName"] = json!(node);
-        let mut conds: Vec<Value> = obj["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        if let Some(a) = &annotations {
+            if !obj["metadata"]["annotations"].is_object() {
+                obj["metadata"]["annotations"] = json!({});
+            }
+            for (k, v) in a {
+                obj["metadata"]["annotations"][k] = v.clone();
+            }
+        }
+        let mut conds: Vec<Value> = obj["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         conds.retain(|c| c["type"] != json!("PodScheduled"));
         conds.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": crate::objects::now_rfc3339()}));
         obj["status"]["conditions"] = json!(conds);
-        Ok(obj)
-    })
-    .await
-    .map(|_| {
-        json_response(
-            201,
-            &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-            &[],
-        )
-    })
+        if ctx.dry_run {
+            break;
+        }
+        let cmp = corral_store::Compare::ModRevision(kv.mod_revision);
+        if storage::put(&st.store, res, ns, name, &obj, cmp)
+            .await?
+            .is_some()
+        {
+            break;
+        }
+        if !retry.again().await {
+            return Err(ApiError::modified("pods", name));
+        }
+    }
+    Ok(json_response(
+        201,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        &[],
+    ))
 }
 
 /// `pods/log`: checked here, served by the pod's node agent (see `crate::proxy`).

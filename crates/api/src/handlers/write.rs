@@ -97,13 +97,13 @@ const RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Retries of a read-modify-write that lost a race: a short, growing, jittered pause
 /// before each, so contending writers do not retry in lockstep.
-struct Retry {
+pub(crate) struct Retry {
     attempt: u32,
     started: std::time::Instant,
 }
 
 impl Retry {
-    fn new() -> Retry {
+    pub(crate) fn new() -> Retry {
         Retry {
             attempt: 0,
             started: std::time::Instant::now(),
@@ -111,7 +111,7 @@ impl Retry {
     }
 
     /// Waits before the next attempt; false once the budget is spent.
-    async fn again(&mut self) -> bool {
+    pub(crate) async fn again(&mut self) -> bool {
         if self.started.elapsed() > RETRY_BUDGET {
             return false;
         }
