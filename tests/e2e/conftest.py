@@ -4,7 +4,9 @@ every directory it makes is removed when it ends."""
 
 import json
 import os
+import random
 import shutil
+import sys
 import signal
 import socket
 import ssl
@@ -196,3 +198,46 @@ def _py_config(server):
     cfg = client.Configuration()
     config.load_kube_config(config_file=server.kubeconfig, client_configuration=cfg)
     return cfg
+
+
+# Shared by the tests that run real pods (test_pods, test_multinode).
+
+def wait_for(what, fn, timeout=90, interval=0.3):
+    """Polls fn until it returns something truthy; fails with `what` and the last value."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = fn()
+        except Exception as e:  # the object may not exist yet
+            last = e
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+@pytest.fixture(scope="module")
+def images():
+    """The test images: those scripts/test.sh built (CORRAL_TEST_IMAGES), else built here."""
+    given = os.environ.get("CORRAL_TEST_IMAGES")
+    if given:
+        yield [os.path.join(given, f) for f in sorted(os.listdir(given)) if f.endswith(".tar")]
+        return
+    if not os.path.exists("/bin/busybox") and os.geteuid() != 0:
+        pytest.skip("/bin/busybox (Debian's busybox-static) is needed to build the test images")
+    out = tempfile.mkdtemp(prefix="corral-test-images-")
+    subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tests", "images", "build.py"), out], check=True
+    )
+    yield [os.path.join(out, f) for f in sorted(os.listdir(out)) if f.endswith(".tar")]
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def free_net_index():
+    taken = set(os.listdir("/sys/class/net"))
+    for _ in range(100):
+        n = random.randint(1, 250)
+        if f"corral-t{n}" not in taken:
+            return n
+    raise RuntimeError("no free corral-t<N> bridge name")

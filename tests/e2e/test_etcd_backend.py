@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from conftest import Kubectl, Server, corral_binary
+from conftest import Kubectl, Server, corral_binary, wait_for
 from test_bad_input import Raw
 from test_watch import stream
 
@@ -131,15 +131,6 @@ def strip_ansi(text):
     return re.sub(r"\x1b\[[0-9;]*m", "", text)
 
 
-def wait_until(what, fn, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 def test_leader_election_one_controller_manager_and_failover(pair):
     """Two servers with controllers and schedulers on one etcd: exactly one of each leads
@@ -150,7 +141,7 @@ def test_leader_election_one_controller_manager_and_failover(pair):
     k = Kubectl(servers[1])
     try:
         for lease in ("kube-controller-manager", "kube-scheduler"):
-            wait_until(f"a {lease} leader", lambda: leaders(servers, lease), timeout=40)
+            wait_for(f"a {lease} leader", lambda: leaders(servers, lease), timeout=40)
         lead = leaders(servers, "kube-controller-manager")
         assert len(lead) == 1, "both servers lead the controllers"
         holder = k.json("get", "lease", "kube-controller-manager", "-n", "kube-system")["spec"]
@@ -158,7 +149,7 @@ def test_leader_election_one_controller_manager_and_failover(pair):
         ns = "lead-" + uuid.uuid4().hex[:8]
         k("create", "namespace", ns)
         k("create", "deployment", "web", "--image=busybox-web:1", "--replicas=3", "-n", ns)
-        wait_until("3 pods", lambda: len(k.json("get", "pods", "-n", ns)["items"]) == 3, timeout=30)
+        wait_for("3 pods", lambda: len(k.json("get", "pods", "-n", ns)["items"]) == 3, timeout=30)
         time.sleep(3)  # a second controller manager would have doubled them by now
         assert len(k.json("get", "replicasets", "-n", ns)["items"]) == 1
         assert len(k.json("get", "pods", "-n", ns)["items"]) == 3
@@ -168,12 +159,12 @@ def test_leader_election_one_controller_manager_and_failover(pair):
         leader.stop(sig=signal.SIGKILL)  # no release: the survivor waits out the lease
         ks = Kubectl(survivor)
         try:
-            wait_until("the survivor to lead", lambda: survivor in leaders([survivor], "kube-controller-manager"), timeout=40)
+            wait_for("the survivor to lead", lambda: survivor in leaders([survivor], "kube-controller-manager"), timeout=40)
             new_holder = ks.json("get", "lease", "kube-controller-manager", "-n", "kube-system")["spec"]
             assert new_holder["holderIdentity"] != holder["holderIdentity"]
             assert new_holder["leaseTransitions"] >= 1
             ks("scale", "deployment", "web", "--replicas=5", "-n", ns)
-            wait_until("5 pods", lambda: len(ks.json("get", "pods", "-n", ns)["items"]) == 5, timeout=30)
+            wait_for("5 pods", lambda: len(ks.json("get", "pods", "-n", ns)["items"]) == 5, timeout=30)
             ks("delete", "namespace", ns, "--wait=false")
         finally:
             ks.cleanup()

@@ -16,13 +16,11 @@ import os
 import signal
 import subprocess
 import tempfile
-import time
 import uuid
 
 import pytest
 
-from conftest import Kubectl, Server, corral_binary, free_port
-from test_pods import free_net_index, images, wait_for  # noqa: F401 (images is a fixture)
+from conftest import Kubectl, Server, corral_binary, free_net_index, free_port, wait_for
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="node agents need root for namespaces, cgroups and bridges"
