@@ -570,7 +570,10 @@ pub async fn build(
     spec.stdin = c.stdin.unwrap_or(false);
     spec.stdin_once = spec.stdin && c.stdin_once.unwrap_or(false);
     if let Some(caps) = sc.and_then(|s| s.capabilities.as_ref()) {
-        let mut set: Vec<String> = DEFAULT_CAPS.iter().map(|s| s.to_string()).collect();
+        let mut set: Vec<String> = corral_runtime::DEFAULT_CAPS
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let norm = |s: &String| s.trim_start_matches("CAP_").to_ascii_uppercase();
         let drop: Vec<String> = caps.drop.iter().flatten().map(norm).collect();
         if drop.iter().any(|d| d == "ALL") {
@@ -586,69 +589,11 @@ pub async fn build(
         spec.capabilities = Some(set);
     }
     if sc.and_then(|s| s.privileged) == Some(true) {
-        spec.capabilities = Some(ALL_CAPS.iter().map(|s| s.to_string()).collect());
+        // The runtime expands ALL to every capability this kernel has.
+        spec.capabilities = Some(vec!["ALL".into()]);
     }
     Ok(spec)
 }
-
-/// containerd's default capability set (what `capabilities: None` gives).
-const DEFAULT_CAPS: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "FSETID",
-    "FOWNER",
-    "MKNOD",
-    "NET_RAW",
-    "SETGID",
-    "SETUID",
-    "SETFCAP",
-    "SETPCAP",
-    "NET_BIND_SERVICE",
-    "SYS_CHROOT",
-    "KILL",
-    "AUDIT_WRITE",
-];
-
-const ALL_CAPS: &[&str] = &[
-    "CHOWN",
-    "DAC_OVERRIDE",
-    "DAC_READ_SEARCH",
-    "FOWNER",
-    "FSETID",
-    "KILL",
-    "SETGID",
-    "SETUID",
-    "SETPCAP",
-    "LINUX_IMMUTABLE",
-    "NET_BIND_SERVICE",
-    "NET_BROADCAST",
-    "NET_ADMIN",
-    "NET_RAW",
-    "IPC_LOCK",
-    "IPC_OWNER",
-    "SYS_MODULE",
-    "SYS_RAWIO",
-    "SYS_CHROOT",
-    "SYS_PTRACE",
-    "SYS_PACCT",
-    "SYS_ADMIN",
-    "SYS_BOOT",
-    "SYS_NICE",
-    "SYS_RESOURCE",
-    "SYS_TIME",
-    "SYS_TTY_CONFIG",
-    "MKNOD",
-    "LEASE",
-    "AUDIT_WRITE",
-    "AUDIT_CONTROL",
-    "SETFCAP",
-    "MAC_OVERRIDE",
-    "MAC_ADMIN",
-    "SYSLOG",
-    "WAKE_ALARM",
-    "BLOCK_SUSPEND",
-    "AUDIT_READ",
-];
 
 #[cfg(test)]
 mod tests {

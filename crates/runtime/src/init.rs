@@ -60,7 +60,7 @@ const CAP_NAMES: [&str; 41] = [
 ];
 
 /// The set Docker and containerd give a container by default.
-const DEFAULT_CAPS: [&str; 14] = [
+pub const DEFAULT_CAPS: [&str; 14] = [
     "CHOWN",
     "DAC_OVERRIDE",
     "FSETID",

@@ -22,6 +22,7 @@ mod sys;
 pub use cgroup::{CgroupVersion, ContainerStats};
 pub use error::{Error, Result};
 pub use exec::{ExecExit, ExecProcess};
+pub use init::DEFAULT_CAPS;
 pub use network::delete_bridge;
 pub use runtime::{Attach, Capabilities, ContainerInfo, Runtime, RuntimeConfig};
 pub use spec::{ContainerSpec, Mount, PodNetwork, Resources, Rootfs, Sandbox, SandboxSpec};
