@@ -364,3 +364,34 @@ def test_node_failure_reschedules_and_the_agent_comes_back(cluster):
         t for t in kc.json("get", "node", a.node_name)["spec"].get("taints", []) if "unreachable" in t["key"]
     ], timeout=30)
     kc.run("delete", "namespace", ns, "--wait=false")
+
+
+def test_the_serving_certificate_endpoint_refuses_bad_requests(cluster):
+    """POST /corral/v1/node-serving-certificate: no credentials -> 401, a request that is
+    not a PEM certificate request -> 400 with the reason, nothing signed."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    url = f"https://{cluster.netns.host_ip}:{cluster.server.port}/corral/v1/node-serving-certificate"
+    bearer = cluster.agent.token.split("::", 1)[1]
+
+    def post(body, token=None):
+        req = urllib.request.Request(url, data=body, method="POST")
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    code, body = post(b"-----BEGIN CERTIFICATE REQUEST-----\n")
+    assert code == 401, body
+    code, body = post(b"not a certificate request", bearer)
+    assert code == 400 and "certificate request" in body and "BEGIN CERTIFICATE" not in body, body
+    code, body = post(b"x" * (65 * 1024), bearer)
+    assert code == 400 and "at most 64 KiB" in body, body
