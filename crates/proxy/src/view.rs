@@ -1,0 +1,407 @@
+//! The node proxy's picture of the cluster: every Service with the endpoints its
+//! EndpointSlices list, rebuilt from two watches and published as one immutable snapshot.
+//! Readers (the L4 listeners, DNS) take the current snapshot per connection or query, so a
+//! change never touches a connection already running.
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Client, ResourceExt};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// Names a Service: namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    fn parse(s: Option<&str>) -> Protocol {
+        match s {
+            Some("UDP") => Protocol::Udp,
+            Some("SCTP") => Protocol::Sctp,
+            _ => Protocol::Tcp,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceType {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+}
+
+/// One port of a Service as its spec says.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServicePort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    pub app_protocol: Option<String>,
+    pub target_port: Option<IntOrString>,
+}
+
+/// One port an endpoint listens on, from its EndpointSlice (already resolved from a named
+/// targetPort by the endpointslice controller).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EndpointPort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+/// One endpoint of a Service: an address with the conditions the proxy and DNS decide on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    pub addresses: Vec<IpAddr>,
+    pub hostname: Option<String>,
+    pub node_name: Option<String>,
+    /// The pod behind it, if any (namespace/name), for telemetry and affinity.
+    pub target: Option<String>,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub ports: Arc<Vec<EndpointPort>>,
+}
+
+impl Endpoint {
+    /// The port this endpoint serves for the Service port named `name` with `protocol`.
+    pub fn port_for(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.name == name && p.protocol == protocol)
+            .map(|p| p.port)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceInfo {
+    pub key: ServiceKey,
+    pub kind: ServiceType,
+    /// Empty for a headless Service (clusterIP: None).
+    pub cluster_ips: Vec<IpAddr>,
+    pub headless: bool,
+    pub external_name: Option<String>,
+    pub ports: Vec<ServicePort>,
+    /// ClientIP session affinity and its timeout.
+    pub affinity: Option<Duration>,
+    pub publish_not_ready: bool,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Everything the proxy and DNS answer from, at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterView {
+    pub services: BTreeMap<ServiceKey, ServiceInfo>,
+}
+
+impl ClusterView {
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&ServiceInfo> {
+        self.services.get(&ServiceKey {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        })
+    }
+
+    /// Builds the view from the Services and EndpointSlices as they are now. Slices are
+    /// tied to their Service by the `kubernetes.io/service-name` label, as kube-proxy does.
+    pub fn build<'a>(
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    ) -> ClusterView {
+        let mut by_service: BTreeMap<ServiceKey, Vec<Endpoint>> = BTreeMap::new();
+        for slice in slices {
+            if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+                continue;
+            }
+            let Some(svc) = slice.labels().get("kubernetes.io/service-name") else {
+                continue;
+            };
+            let key = ServiceKey {
+                namespace: slice.namespace().unwrap_or_default(),
+                name: svc.clone(),
+            };
+            let ports = Arc::new(
+                slice
+                    .ports
+                    .iter()
+                    .flatten()
+                    .filter_map(|p| {
+                        Some(EndpointPort {
+                            name: p.name.clone().unwrap_or_default(),
+                            protocol: Protocol::parse(p.protocol.as_deref()),
+                            port: u16::try_from(p.port?).ok()?,
+                        })
+                    })
+                    .collect::<Vec<_>>(),
+            );
+            let list = by_service.entry(key).or_default();
+            for ep in &slice.endpoints {
+                let cond = ep.conditions.as_ref();
+                // Upstream: a nil ready means ready; nil serving means as ready; nil
+                // terminating means not terminating.
+                let ready = cond.and_then(|c| c.ready).unwrap_or(true);
+                let serving = cond.and_then(|c| c.serving).unwrap_or(ready);
+                let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+                let addresses: Vec<IpAddr> =
+                    ep.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+                if addresses.is_empty() {
+                    continue;
+                }
+                list.push(Endpoint {
+                    addresses,
+                    hostname: ep.hostname.clone(),
+                    node_name: ep.node_name.clone(),
+                    target: ep.target_ref.as_ref().and_then(|r| {
+                        Some(format!(
+                            "{}/{}",
+                            r.namespace.clone().unwrap_or_default(),
+                            r.name.clone()?
+                        ))
+                    }),
+                    ready,
+                    serving,
+                    terminating,
+                    ports: ports.clone(),
+                });
+            }
+        }
+        let mut view = ClusterView::default();
+        for svc in services {
+            let Some(info) = service_info(svc, &mut by_service) else {
+                continue;
+            };
+            view.services.insert(info.key.clone(), info);
+        }
+        view
+    }
+}
+
+fn service_info(
+    svc: &Service,
+    endpoints: &mut BTreeMap<ServiceKey, Vec<Endpoint>>,
+) -> Option<ServiceInfo> {
+    let spec = svc.spec.as_ref()?;
+    let key = ServiceKey {
+        namespace: svc.namespace().unwrap_or_default(),
+        name: svc.name_any(),
+    };
+    let kind = match spec.type_.as_deref() {
+        Some("NodePort") => ServiceType::NodePort,
+        Some("LoadBalancer") => ServiceType::LoadBalancer,
+        Some("ExternalName") => ServiceType::ExternalName,
+        _ => ServiceType::ClusterIp,
+    };
+    let headless = spec.cluster_ip.as_deref() == Some("None");
+    let mut cluster_ips: Vec<IpAddr> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    if cluster_ips.is_empty() {
+        cluster_ips.extend(
+            spec.cluster_ip
+                .as_deref()
+                .and_then(|ip| ip.parse::<IpAddr>().ok()),
+        );
+    }
+    let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        let secs = spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .unwrap_or(10_800);
+        Duration::from_secs(secs.max(1) as u64)
+    });
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(ServicePort {
+                name: p.name.clone().unwrap_or_default(),
+                protocol: Protocol::parse(p.protocol.as_deref()),
+                port: u16::try_from(p.port).ok()?,
+                node_port: p.node_port.and_then(|n| u16::try_from(n).ok()),
+                app_protocol: p.app_protocol.clone(),
+                target_port: p.target_port.clone(),
+            })
+        })
+        .collect();
+    Some(ServiceInfo {
+        endpoints: endpoints.remove(&key).unwrap_or_default(),
+        key,
+        kind,
+        cluster_ips,
+        headless,
+        external_name: spec.external_name.clone(),
+        ports,
+        affinity,
+        publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
+    })
+}
+
+/// Watches Services and EndpointSlices and publishes a new [`ClusterView`] after every
+/// burst of changes. The first view is published only once both lists have arrived, so a
+/// restart never briefly answers from an empty cluster.
+pub fn watch_cluster(client: Client) -> (watch::Receiver<Arc<ClusterView>>, impl FnOnce()) {
+    let (tx, rx) = watch::channel(Arc::new(ClusterView::default()));
+    let changed = Arc::new(Notify::new());
+    let (services, svc_task) = reflect::<Service>(client.clone(), changed.clone());
+    let (slices, slice_task) = reflect::<EndpointSlice>(client, changed.clone());
+    let builder = tokio::spawn(async move {
+        if services.wait_until_ready().await.is_err() || slices.wait_until_ready().await.is_err() {
+            return;
+        }
+        loop {
+            let svcs = services.state();
+            let eps = slices.state();
+            let view = ClusterView::build(svcs.iter().map(|s| &**s), eps.iter().map(|s| &**s));
+            if tx.send(Arc::new(view)).is_err() {
+                return;
+            }
+            // A burst of events leaves one stored permit: the next view covers them all.
+            changed.notified().await;
+        }
+    });
+    let stop = move || {
+        svc_task.abort();
+        slice_task.abort();
+        builder.abort();
+    };
+    (rx, stop)
+}
+
+fn reflect<K>(client: Client, changed: Arc<Notify>) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let api: Api<K> = Api::all(client);
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    );
+    let task = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Ok(_) => changed.notify_one(),
+                Err(e) => tracing::debug!(error = %e, "proxy watch error; retrying"),
+            }
+        }
+    });
+    (reader, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc(v: serde_json::Value) -> Service {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn slice(v: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn slices_join_their_service_by_label() {
+        let s = svc(json!({
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"clusterIP": "10.43.0.5", "clusterIPs": ["10.43.0.5"],
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+                     "sessionAffinity": "ClientIP"}
+        }));
+        let a = slice(json!({
+            "metadata": {"name": "web-abc", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.42.0.7"], "conditions": {"ready": true}},
+                {"addresses": ["10.42.0.8"], "conditions": {"ready": false, "serving": true, "terminating": true}},
+                {"addresses": ["10.42.0.9"]}
+            ]
+        }));
+        let other = slice(json!({
+            "metadata": {"name": "web-x", "namespace": "other",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.42.0.99"]}]
+        }));
+        let view = ClusterView::build([&s], [&a, &other]);
+        let info = view.service("shop", "web").unwrap();
+        assert_eq!(
+            info.cluster_ips,
+            vec!["10.43.0.5".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(info.affinity, Some(Duration::from_secs(10_800)));
+        assert_eq!(info.endpoints.len(), 3);
+        assert!(info.endpoints[0].ready);
+        assert!(!info.endpoints[1].ready && info.endpoints[1].serving);
+        assert!(
+            info.endpoints[2].ready,
+            "a missing ready condition means ready"
+        );
+        assert_eq!(
+            info.endpoints[0].port_for("http", Protocol::Tcp),
+            Some(8080)
+        );
+        assert_eq!(info.endpoints[0].port_for("http", Protocol::Udp), None);
+        assert!(view.service("other", "web").is_none());
+    }
+
+    #[test]
+    fn headless_and_external_name() {
+        let h = svc(json!({
+            "metadata": {"name": "db", "namespace": "a"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 5432}]}
+        }));
+        let e = svc(json!({
+            "metadata": {"name": "ext", "namespace": "a"},
+            "spec": {"type": "ExternalName", "externalName": "example.org"}
+        }));
+        let view = ClusterView::build([&h, &e], []);
+        let db = view.service("a", "db").unwrap();
+        assert!(db.headless && db.cluster_ips.is_empty());
+        let ext = view.service("a", "ext").unwrap();
+        assert_eq!(ext.kind, ServiceType::ExternalName);
+        assert_eq!(ext.external_name.as_deref(), Some("example.org"));
+    }
+}
