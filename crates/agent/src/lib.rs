@@ -109,6 +109,7 @@ impl AgentConfig {
 }
 
 pub use kubelet::SERVING_CERT_PATH;
+pub use node::detect_node_ip;
 
 /// The kubelet API's serving certificate. Client certificates must chain to the cluster CA
 /// in every case.

@@ -31,6 +31,7 @@ pub mod table;
 pub mod validation;
 pub mod watch;
 
+pub use alloc::Ranges;
 pub use server::{router, Config, Identity, Shared, State};
 
 /// Bring the API up on a store: built-in namespaces, CRDs served, background loops

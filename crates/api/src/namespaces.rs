@@ -72,19 +72,67 @@ pub async fn bootstrap(st: &Shared) -> ApiResult<()> {
             Err(e) => return Err(e),
         }
     }
-    let ep_res = st.registry.lookup("", "v1", "endpoints").expect("built in");
-    if storage::get(&st.store, &ep_res, Some("default"), "kubernetes")
-        .await?
-        .is_none()
-    {
-        let ep = json!({
-            "apiVersion": "v1", "kind": "Endpoints",
-            "metadata": {"name": "kubernetes", "namespace": "default"},
-            "subsets": [{"addresses": [{"ip": st.config.advertise.ip().to_string()}], "ports": [{"name": "https", "port": st.config.advertise.port(), "protocol": "TCP"}]}]
-        });
-        let _ = create_object(st, &ep_res, Some("default"), ep, &system_ctx()).await;
-    }
+    // The API server's own endpoints, rewritten at each start so they follow a changed
+    // address or port (kube-apiserver's endpoint reconciler does the same).
+    let ip = st.config.advertise.ip().to_string();
+    let port = st.config.advertise.port();
+    let ep = json!({
+        "apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+        "subsets": [{"addresses": [{"ip": ip}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}]
+    });
+    ensure(st, "", "v1", "endpoints", ep, &["subsets"]).await?;
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+        "addressType": if st.config.advertise.is_ipv4() { "IPv4" } else { "IPv6" },
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": true}}],
+        "ports": [{"name": "https", "port": port, "protocol": "TCP"}]
+    });
+    ensure(
+        st,
+        "discovery.k8s.io",
+        "v1",
+        "endpointslices",
+        slice,
+        &["addressType", "endpoints", "ports"],
+    )
+    .await?;
     Ok(())
+}
+
+/// Creates `obj` (in `default`), or updates the `fields` of the stored one when they differ.
+async fn ensure(
+    st: &Shared,
+    group: &str,
+    version: &str,
+    resource: &str,
+    obj: Value,
+    fields: &[&str],
+) -> ApiResult<()> {
+    let res = st
+        .registry
+        .lookup(group, version, resource)
+        .expect("built in");
+    let name = obj["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let ns = Some("default");
+    match storage::get(&st.store, &res, ns, &name).await? {
+        None => match create_object(st, &res, ns, obj, &system_ctx()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == 409 => Ok(()),
+            Err(e) => Err(e),
+        },
+        Some((current, _)) if fields.iter().all(|f| current[f] == obj[f]) => Ok(()),
+        Some(_) => update_object(st, &res, ns, &name, None, &system_ctx(), |current| {
+            let mut n = current.clone();
+            for f in fields {
+                n[*f] = obj[*f].clone();
+            }
+            Ok(n)
+        })
+        .await
+        .map(drop),
+    }
 }
 
 /// Empty one terminating namespace a step; true when it is gone.

@@ -220,6 +220,10 @@ struct ServerArgs {
     /// Run no node agent: this server then runs no pods.
     #[arg(long)]
     disable_agent: bool,
+    /// The range Service cluster IPs come from (IPv4); its first address is the
+    /// `kubernetes` Service's, its tenth the cluster DNS's.
+    #[arg(long, default_value = "10.43.0.0/16", value_parser = corral_controllers::nodeipam::Cidr::parse)]
+    service_cidr: corral_controllers::nodeipam::Cidr,
     #[command(flatten)]
     node: NodeArgs,
 }
@@ -260,6 +264,13 @@ struct NodeArgs {
     /// The node's InternalIP (default: the host's primary address).
     #[arg(long)]
     node_ip: Option<IpAddr>,
+    /// Run no service proxy on this node: Service addresses and cluster DNS are then not
+    /// answered here.
+    #[arg(long)]
+    disable_proxy: bool,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
 }
 
 fn hostname() -> String {
@@ -281,6 +292,30 @@ impl NodeArgs {
         cfg.kubelet_port = self.kubelet_port;
         cfg.node_ip = self.node_ip;
         cfg
+    }
+
+    /// Starts this node's service proxy, unless disabled.
+    fn spawn_proxy(
+        &self,
+        data_dir: &std::path::Path,
+        cluster_dns: Option<IpAddr>,
+        client: kube::Client,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        if self.disable_proxy {
+            return None;
+        }
+        let cfg = corral_proxy::ProxyConfig {
+            node_name: self.node_name.clone().unwrap_or_else(hostname),
+            node_ip: self.node_ip.unwrap_or_else(corral_agent::detect_node_ip),
+            state_dir: data_dir.join("proxy"),
+            cluster_dns,
+            cluster_domain: self.cluster_domain.clone(),
+            dns_upstreams: Vec::new(),
+        };
+        Some(tokio::spawn(corral_proxy::run(client, cfg, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })))
     }
 }
 
@@ -409,6 +444,10 @@ async fn agent(args: JoinArgs) -> Result<()> {
     cfg.kubelet_tls = corral_agent::KubeletTls::RequestFromServer { ca_pem };
     tracing::info!(server = %args.server, node = %cfg.node_name, "joining");
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let cluster_dns = cluster_dns_address(&client).await;
+    let proxy = args
+        .node
+        .spawn_proxy(&data_dir, cluster_dns, client.clone(), stop_rx.clone());
     let run = tokio::spawn(corral_agent::run(client, cfg, async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
@@ -421,7 +460,19 @@ async fn agent(args: JoinArgs) -> Result<()> {
     }
     tracing::info!("stopping the node agent (containers keep running)");
     let _ = stop_tx.send(true);
+    if let Some(p) = proxy {
+        let _ = tokio::time::timeout(Duration::from_secs(5), p).await;
+    }
     Ok(())
+}
+
+/// The cluster DNS address a joining node serves and gives its pods: the clusterIP of
+/// the server's kube-system/kube-dns Service.
+async fn cluster_dns_address(client: &kube::Client) -> Option<IpAddr> {
+    let api =
+        kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), "kube-system");
+    let svc = api.get_opt("kube-dns").await.ok().flatten()?;
+    svc.spec?.cluster_ip?.parse().ok()
 }
 
 async fn server(args: ServerArgs) -> Result<()> {
@@ -476,6 +527,11 @@ async fn server(args: ServerArgs) -> Result<()> {
             local.port(),
         ),
         kubelet_client: Some(serve::kubelet_client_config(&pki)?),
+        ranges: corral_api::Ranges {
+            service_net: args.service_cidr.addr.into(),
+            service_prefix: args.service_cidr.len,
+            ..Default::default()
+        },
         ..Default::default()
     };
     let state = corral_api::start(store.clone(), config, stop_rx.clone())
@@ -537,6 +593,17 @@ async fn server(args: ServerArgs) -> Result<()> {
     });
     let agent = (!args.disable_agent)
         .then(|| spawn_agent(&args, &data_dir, &pki, client.clone(), stop_rx.clone()));
+    let cluster_dns = IpAddr::V4((args.service_cidr.addr + 10).into());
+    let proxy = if args.disable_agent {
+        None
+    } else {
+        args.node.spawn_proxy(
+            &data_dir,
+            Some(cluster_dns),
+            client.clone(),
+            stop_rx.clone(),
+        )
+    };
     let tls = serve::tls_config(&serve::TlsFiles {
         ca_pem: &pki.ca_pem,
         cert_pem: &pki.server_cert_pem,
@@ -568,7 +635,7 @@ async fn server(args: ServerArgs) -> Result<()> {
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
-    for task in [controllers, scheduler, agent].into_iter().flatten() {
+    for task in [controllers, scheduler, agent, proxy].into_iter().flatten() {
         let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     store.close().await;

@@ -4,7 +4,19 @@
 //! serves cluster DNS. It is a client of the Kubernetes API only: it watches Services and
 //! EndpointSlices and keeps nothing it cannot rebuild from them.
 
+pub mod frontends;
+mod listeners;
+mod local_ips;
+pub mod stats;
+mod tcp;
+mod udp;
 pub mod view;
+
+use frontends::{Frontends, NodeAddrs};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -25,4 +37,54 @@ pub struct ProxyConfig {
     /// Where names outside the cluster domain are forwarded (host:port); empty means the
     /// nameservers of the host's /etc/resolv.conf.
     pub dns_upstreams: Vec<std::net::SocketAddr>,
+}
+
+/// How often binds that failed are retried while nothing else changes.
+const BIND_RETRY: Duration = Duration::from_secs(2);
+
+/// Runs the proxy until `shutdown` resolves, then closes its listeners and removes the
+/// addresses it added to `lo`. Connections in flight at shutdown are cut with the process.
+pub async fn run(
+    client: kube::Client,
+    cfg: ProxyConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let (mut views, stop_watch) = view::watch_cluster(client);
+    let (table_tx, table_rx) = watch::channel(Arc::new(Frontends::default()));
+    let stats = Arc::new(stats::Stats::default());
+    let mut ips = local_ips::LocalIps::open(cfg.state_dir.clone());
+    let mut listeners = listeners::Listeners::new(table_rx, stats.clone());
+    let node = NodeAddrs {
+        node_ip: cfg.node_ip,
+        skip: cfg.cluster_dns.into_iter().collect(),
+    };
+    let mut shutdown = std::pin::pin!(shutdown);
+    // The first view arrives once both lists are in; until then nothing is bound.
+    tokio::select! {
+        _ = &mut shutdown => { stop_watch(); return; }
+        r = views.changed() => if r.is_err() { stop_watch(); return; }
+    }
+    tracing::info!(node = %cfg.node_name, node_ip = %cfg.node_ip, "service proxy running");
+    loop {
+        let view = views.borrow_and_update().clone();
+        let started = std::time::Instant::now();
+        let fe = Arc::new(Frontends::build(&view, &node, &table_tx.borrow()));
+        let mut want = fe.local_ips.clone();
+        if let Some(std::net::IpAddr::V4(dns)) = cfg.cluster_dns {
+            want.insert(dns);
+        }
+        ips.reconcile(&want);
+        table_tx.send_replace(fe.clone());
+        let retry = listeners.reconcile(&fe);
+        tracing::debug!(services = view.services.len(), frontends = fe.by_listen.len(),
+            took = ?started.elapsed(), "proxy configuration applied");
+        tokio::select! {
+            _ = &mut shutdown => break,
+            r = views.changed() => if r.is_err() { break },
+            _ = tokio::time::sleep(BIND_RETRY), if retry => {}
+        }
+    }
+    listeners.stop_all();
+    ips.reconcile(&Default::default());
+    stop_watch();
 }

@@ -11,6 +11,7 @@ mod cri_log;
 mod error;
 mod exec;
 mod init;
+pub mod local_address;
 mod netlink;
 mod network;
 mod runtime;

@@ -11,6 +11,7 @@ const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
 const RTM_NEWROUTE: u16 = 24;
 
 const NLM_F_REQUEST: u16 = 0x1;
@@ -304,6 +305,16 @@ impl Netlink {
             .attr(IFA_LOCAL, &addr.octets())
             .attr(IFA_ADDRESS, &addr.octets())
             .attr(IFA_BROADCAST, &brd.octets());
+        self.request(&mut m).map(drop)
+    }
+
+    /// Removes `addr/prefix` from a link (EADDRNOTAVAIL when it is not there).
+    pub fn delete_address(&mut self, index: i32, addr: Ipv4Addr, prefix: u8) -> io::Result<()> {
+        let mut m = Msg::new(RTM_DELADDR, 0);
+        m.bytes(&[libc::AF_INET as u8, prefix, 0, 0])
+            .bytes(&(index as u32).to_ne_bytes())
+            .attr(IFA_LOCAL, &addr.octets())
+            .attr(IFA_ADDRESS, &addr.octets());
         self.request(&mut m).map(drop)
     }
 

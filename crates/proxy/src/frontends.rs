@@ -1,0 +1,339 @@
+//! What the proxy listens on, derived from a [`ClusterView`]: one frontend per Service
+//! address and port (cluster IP, NodePort, LoadBalancer port), each with the endpoints that
+//! may take its traffic. Choosing among them (round robin, ClientIP affinity) lives here
+//! too, since it is state of the frontend, not of a connection.
+
+use crate::view::{ClusterView, Endpoint, Protocol, ServiceInfo, ServiceKey, ServiceType};
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Where a frontend listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+}
+
+/// One endpoint a frontend may send to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// The pod behind it (namespace/name), when known.
+    pub target: Option<String>,
+}
+
+/// One Service port as reached at one address.
+#[derive(Debug)]
+pub struct Frontend {
+    pub service: ServiceKey,
+    pub port_name: String,
+    /// The endpoints to use: the ready ones, or when none is ready the ones still serving
+    /// while they terminate (as kube-proxy does), so a rollout's last pod keeps answering.
+    pub backends: Vec<Backend>,
+    affinity: Option<Affinity>,
+    next: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct Affinity {
+    timeout: Duration,
+    clients: Mutex<HashMap<IpAddr, (SocketAddr, Instant)>>,
+}
+
+impl Frontend {
+    /// The backends to try for a connection from `client`, best first: with ClientIP
+    /// affinity the one this client used last (if still an endpoint), else round robin.
+    /// The rest follow so a refused connection can move on to the next endpoint.
+    pub fn pick(&self, client: IpAddr) -> Vec<&Backend> {
+        let n = self.backends.len();
+        if n == 0 {
+            return Vec::new();
+        }
+        let mut start = None;
+        if let Some(aff) = &self.affinity {
+            let clients = aff.clients.lock().unwrap();
+            if let Some((addr, at)) = clients.get(&client) {
+                if at.elapsed() < aff.timeout {
+                    start = self.backends.iter().position(|b| b.addr == *addr);
+                }
+            }
+        }
+        let start = start.unwrap_or_else(|| self.next.fetch_add(1, Ordering::Relaxed) % n);
+        (0..n).map(|i| &self.backends[(start + i) % n]).collect()
+    }
+
+    /// Records which backend served `client`, for ClientIP affinity.
+    pub fn used(&self, client: IpAddr, backend: SocketAddr) {
+        if let Some(aff) = &self.affinity {
+            let mut clients = aff.clients.lock().unwrap();
+            if clients.len() > 65_536 {
+                clients.retain(|_, (_, at)| at.elapsed() < aff.timeout);
+            }
+            clients.insert(client, (backend, Instant::now()));
+        }
+    }
+}
+
+/// Every frontend of the node and the addresses that must be local for them.
+#[derive(Debug, Default)]
+pub struct Frontends {
+    pub by_listen: HashMap<Listen, Arc<Frontend>>,
+    /// Cluster IPs to put on `lo`.
+    pub local_ips: BTreeSet<Ipv4Addr>,
+}
+
+/// Where this node answers NodePorts and LoadBalancer ports.
+#[derive(Clone, Debug)]
+pub struct NodeAddrs {
+    pub node_ip: IpAddr,
+    /// Addresses not proxied (the cluster DNS address, answered by the DNS server).
+    pub skip: Vec<IpAddr>,
+}
+
+impl Frontends {
+    /// Derives the frontends from a view. `previous` carries ClientIP affinity and the
+    /// round-robin position over for frontends whose backends did not change.
+    pub fn build(view: &ClusterView, node: &NodeAddrs, previous: &Frontends) -> Frontends {
+        let mut out = Frontends::default();
+        for svc in view.services.values() {
+            if svc.kind == ServiceType::ExternalName || svc.headless {
+                continue;
+            }
+            if svc.cluster_ips.iter().any(|ip| node.skip.contains(ip)) {
+                continue;
+            }
+            for port in &svc.ports {
+                if port.protocol == Protocol::Sctp {
+                    continue;
+                }
+                let backends = backends(svc, &port.name, port.protocol);
+                let mut listens = Vec::new();
+                for ip in &svc.cluster_ips {
+                    if let IpAddr::V4(v4) = ip {
+                        out.local_ips.insert(*v4);
+                        listens.push(SocketAddr::new(*ip, port.port));
+                    }
+                }
+                if matches!(svc.kind, ServiceType::NodePort | ServiceType::LoadBalancer) {
+                    if let Some(np) = port.node_port {
+                        listens.push(SocketAddr::new(node.node_ip, np));
+                        listens.push(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), np));
+                    }
+                }
+                if svc.kind == ServiceType::LoadBalancer {
+                    // As k3s' ServiceLB: the Service's own port on the node's address.
+                    listens.push(SocketAddr::new(node.node_ip, port.port));
+                }
+                for addr in listens {
+                    let listen = Listen {
+                        addr,
+                        protocol: port.protocol,
+                    };
+                    let fe = match previous.by_listen.get(&listen) {
+                        Some(old)
+                            if old.service == svc.key
+                                && old.port_name == port.name
+                                && old.backends == backends
+                                && old.affinity.as_ref().map(|a| a.timeout) == svc.affinity =>
+                        {
+                            old.clone()
+                        }
+                        _ => Arc::new(Frontend {
+                            service: svc.key.clone(),
+                            port_name: port.name.clone(),
+                            backends: backends.clone(),
+                            affinity: svc.affinity.map(|timeout| Affinity {
+                                timeout,
+                                clients: Mutex::new(HashMap::new()),
+                            }),
+                            next: AtomicUsize::new(0),
+                        }),
+                    };
+                    // Two Services claiming one node port: the first (by name) keeps it.
+                    out.by_listen.entry(listen).or_insert(fe);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn backends(svc: &ServiceInfo, port_name: &str, protocol: Protocol) -> Vec<Backend> {
+    let to_backends = |eps: &mut dyn Iterator<Item = &Endpoint>| -> Vec<Backend> {
+        let mut v: Vec<Backend> = eps
+            .filter_map(|e| {
+                let port = e.port_for(port_name, protocol)?;
+                Some(Backend {
+                    addr: SocketAddr::new(e.addresses[0], port),
+                    target: e.target.clone(),
+                })
+            })
+            .collect();
+        v.sort_by_key(|b| b.addr);
+        v.dedup_by_key(|b| b.addr);
+        v
+    };
+    let ready = to_backends(&mut svc.endpoints.iter().filter(|e| e.ready));
+    if !ready.is_empty() {
+        return ready;
+    }
+    to_backends(&mut svc.endpoints.iter().filter(|e| e.serving && e.terminating))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::{EndpointPort, ServicePort};
+
+    fn ep(ip: &str, ready: bool, serving: bool, terminating: bool) -> Endpoint {
+        Endpoint {
+            addresses: vec![ip.parse().unwrap()],
+            hostname: None,
+            node_name: None,
+            target: None,
+            ready,
+            serving,
+            terminating,
+            ports: Arc::new(vec![EndpointPort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: 8080,
+            }]),
+        }
+    }
+
+    fn service(kind: ServiceType, endpoints: Vec<Endpoint>) -> ClusterView {
+        let key = ServiceKey {
+            namespace: "shop".into(),
+            name: "web".into(),
+        };
+        let mut view = ClusterView::default();
+        view.services.insert(
+            key.clone(),
+            ServiceInfo {
+                key,
+                kind,
+                cluster_ips: vec!["10.43.0.5".parse().unwrap()],
+                headless: false,
+                external_name: None,
+                ports: vec![ServicePort {
+                    name: "http".into(),
+                    protocol: Protocol::Tcp,
+                    port: 80,
+                    node_port: Some(30080),
+                    app_protocol: None,
+                    target_port: None,
+                }],
+                affinity: None,
+                publish_not_ready: false,
+                endpoints,
+            },
+        );
+        view
+    }
+
+    fn node() -> NodeAddrs {
+        NodeAddrs {
+            node_ip: "192.0.2.10".parse().unwrap(),
+            skip: vec![],
+        }
+    }
+
+    fn listen(addr: &str) -> Listen {
+        Listen {
+            addr: addr.parse().unwrap(),
+            protocol: Protocol::Tcp,
+        }
+    }
+
+    #[test]
+    fn ready_endpoints_round_robin() {
+        let view = service(
+            ServiceType::ClusterIp,
+            vec![
+                ep("10.42.0.8", true, true, false),
+                ep("10.42.0.7", true, true, false),
+                ep("10.42.0.9", false, false, false),
+            ],
+        );
+        let fe = Frontends::build(&view, &node(), &Frontends::default());
+        assert_eq!(fe.local_ips.len(), 1);
+        assert_eq!(
+            fe.by_listen.len(),
+            1,
+            "a ClusterIP Service has no node port"
+        );
+        let f = &fe.by_listen[&listen("10.43.0.5:80")];
+        let client: IpAddr = "10.42.0.20".parse().unwrap();
+        let a = f.pick(client)[0].addr;
+        let b = f.pick(client)[0].addr;
+        assert_ne!(a, b);
+        assert_eq!(
+            f.pick(client).len(),
+            2,
+            "the unready endpoint is never picked"
+        );
+    }
+
+    #[test]
+    fn terminating_endpoints_serve_only_when_none_is_ready() {
+        let view = service(
+            ServiceType::NodePort,
+            vec![
+                ep("10.42.0.7", false, true, true),
+                ep("10.42.0.8", false, false, true),
+            ],
+        );
+        let fe = Frontends::build(&view, &node(), &Frontends::default());
+        assert_eq!(fe.by_listen.len(), 3, "cluster IP, node IP and localhost");
+        let f = &fe.by_listen[&listen("192.0.2.10:30080")];
+        assert_eq!(f.backends.len(), 1);
+        assert_eq!(f.backends[0].addr, "10.42.0.7:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn affinity_sticks_and_survives_an_unrelated_rebuild() {
+        let mut view = service(
+            ServiceType::ClusterIp,
+            vec![
+                ep("10.42.0.7", true, true, false),
+                ep("10.42.0.8", true, true, false),
+            ],
+        );
+        view.services.values_mut().next().unwrap().affinity = Some(Duration::from_secs(60));
+        let fe = Frontends::build(&view, &node(), &Frontends::default());
+        let f = &fe.by_listen[&listen("10.43.0.5:80")];
+        let client: IpAddr = "10.42.0.20".parse().unwrap();
+        let first = f.pick(client)[0].addr;
+        f.used(client, first);
+        for _ in 0..5 {
+            assert_eq!(f.pick(client)[0].addr, first);
+        }
+        let again = Frontends::build(&view, &node(), &fe);
+        assert_eq!(
+            again.by_listen[&listen("10.43.0.5:80")].pick(client)[0].addr,
+            first
+        );
+    }
+
+    #[test]
+    fn dns_address_and_headless_services_are_not_proxied() {
+        let mut view = service(ServiceType::ClusterIp, vec![]);
+        let n = NodeAddrs {
+            node_ip: "192.0.2.10".parse().unwrap(),
+            skip: vec!["10.43.0.5".parse().unwrap()],
+        };
+        assert!(Frontends::build(&view, &n, &Frontends::default())
+            .by_listen
+            .is_empty());
+        let svc = view.services.values_mut().next().unwrap();
+        svc.headless = true;
+        svc.cluster_ips.clear();
+        assert!(Frontends::build(&view, &node(), &Frontends::default())
+            .local_ips
+            .is_empty());
+    }
+}

@@ -1,0 +1,88 @@
+//! Keeps one listening task per frontend address: starts those a new configuration adds,
+//! stops those it drops (their connections go on), and retries binds that failed (an
+//! address still held by another process, a port the node already uses).
+
+use crate::frontends::{Frontends, Listen};
+use crate::stats::Stats;
+use crate::view::Protocol;
+use crate::{tcp, udp};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub struct Listeners {
+    running: HashMap<Listen, JoinHandle<()>>,
+    /// Binds that failed, with the error last logged, so a retry does not log again.
+    failed: HashMap<Listen, String>,
+    table: watch::Receiver<Arc<Frontends>>,
+    stats: Arc<Stats>,
+}
+
+impl Listeners {
+    pub fn new(table: watch::Receiver<Arc<Frontends>>, stats: Arc<Stats>) -> Listeners {
+        Listeners {
+            running: HashMap::new(),
+            failed: HashMap::new(),
+            table,
+            stats,
+        }
+    }
+
+    /// Listens on exactly the frontends in `fe`. Returns whether some bind failed.
+    pub fn reconcile(&mut self, fe: &Frontends) -> bool {
+        self.running.retain(|listen, task| {
+            let keep = fe.by_listen.contains_key(listen);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        self.failed.retain(|l, _| fe.by_listen.contains_key(l));
+        for listen in fe.by_listen.keys() {
+            if self.running.contains_key(listen) {
+                continue;
+            }
+            match self.start(*listen) {
+                Ok(task) => {
+                    if self.failed.remove(listen).is_some() {
+                        tracing::info!(addr = %listen.addr, "service port now bound");
+                    }
+                    self.running.insert(*listen, task);
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if self.failed.get(listen) != Some(&msg) {
+                        let fe = &fe.by_listen[listen];
+                        tracing::warn!(service = %fe.service, addr = %listen.addr,
+                            protocol = ?listen.protocol, error = %msg,
+                            "cannot bind a service port; retrying");
+                    }
+                    self.failed.insert(*listen, msg);
+                }
+            }
+        }
+        !self.failed.is_empty()
+    }
+
+    fn start(&self, listen: Listen) -> std::io::Result<JoinHandle<()>> {
+        let table = self.table.clone();
+        let stats = self.stats.clone();
+        Ok(match listen.protocol {
+            Protocol::Udp => {
+                let socket = udp::bind(listen.addr)?;
+                tokio::spawn(udp::serve(socket, listen, table, stats))
+            }
+            _ => {
+                let listener = tcp::bind(listen.addr)?;
+                tokio::spawn(tcp::serve(listener, listen, table, stats))
+            }
+        })
+    }
+
+    pub fn stop_all(&mut self) {
+        for (_, task) in self.running.drain() {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! TCP frontends: accept on a Service address, connect to an endpoint, copy bytes both
+//! ways. Each connection is its own task holding the frontend it started with, so a
+//! configuration change or a closed listener never cuts a connection already made.
+
+use crate::frontends::{Frontend, Frontends, Listen};
+use crate::stats::Stats;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+
+/// How long to wait for an endpoint to accept before trying the next one.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How many endpoints one client connection tries before it is refused.
+const CONNECT_ATTEMPTS: usize = 3;
+
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // A restarted proxy must rebind while the old connections linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Accepts connections on `listener` until the task is aborted.
+pub async fn serve(
+    listener: TcpListener,
+    listen: Listen,
+    table: watch::Receiver<Arc<Frontends>>,
+    stats: Arc<Stats>,
+) {
+    loop {
+        let (client, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors and the like: pause rather than spin.
+                tracing::warn!(%listen.addr, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let frontend = table.borrow().by_listen.get(&listen).cloned();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            match frontend {
+                Some(fe) => proxy(client, peer, fe, &stats).await,
+                None => refuse(client),
+            }
+        });
+    }
+}
+
+async fn proxy(mut client: TcpStream, peer: SocketAddr, fe: Arc<Frontend>, stats: &Stats) {
+    let _ = client.set_nodelay(true);
+    let Some((mut upstream, backend)) = connect(&fe, peer).await else {
+        stats.refused();
+        tracing::debug!(service = %fe.service, port = %fe.port_name, client = %peer,
+            "no endpoint accepted the connection");
+        refuse(client);
+        return;
+    };
+    fe.used(peer.ip(), backend);
+    stats.opened();
+    let _ = upstream.set_nodelay(true);
+    let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    let (up, down) = copied.unwrap_or((0, 0));
+    stats.closed(up, down);
+}
+
+/// Connects to the frontend's endpoints in the order it prefers, moving on when one
+/// refuses or does not answer in time.
+async fn connect(fe: &Frontend, peer: SocketAddr) -> Option<(TcpStream, SocketAddr)> {
+    for backend in fe.pick(peer.ip()).into_iter().take(CONNECT_ATTEMPTS) {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {
+            Ok(Ok(s)) => return Some((s, backend.addr)),
+            Ok(Err(e)) => {
+                tracing::debug!(service = %fe.service, backend = %backend.addr, error = %e, "endpoint refused")
+            }
+            Err(_) => {
+                tracing::debug!(service = %fe.service, backend = %backend.addr, "endpoint connect timed out")
+            }
+        }
+    }
+    None
+}
+
+/// Closes with a reset, as kube-proxy's REJECT does for a Service without endpoints, so
+/// the client fails at once instead of seeing an empty reply.
+fn refuse(client: TcpStream) {
+    // Deprecated because a positive linger blocks on drop; a zero linger resets at once.
+    #[allow(deprecated)]
+    let _ = client.set_linger(Some(Duration::ZERO));
+    drop(client);
+}
