@@ -5,10 +5,12 @@
 //! EndpointSlices and keeps nothing it cannot rebuild from them.
 
 pub mod frontends;
-mod listeners;
+pub mod listeners;
 mod local_ips;
 pub mod stats;
 mod tcp;
+#[doc(hidden)]
+pub mod testing;
 mod udp;
 pub mod view;
 
