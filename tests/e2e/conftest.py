@@ -52,6 +52,12 @@ class Server:
         # and no other server's scheduler binds pods to a node that would really run them.
         if "--node-name" not in self.extra_args and "--disable-agent" not in self.extra_args:
             self.extra_args.append("--disable-agent")
+        self.service_cidr = None
+        # A node's proxy puts its Services' cluster IPs on the host's lo: each server with
+        # an agent gets a service range of its own so servers never share an address.
+        if "--disable-agent" not in self.extra_args and "--service-cidr" not in self.extra_args:
+            self.service_cidr = free_service_cidr()
+            self.extra_args += ["--service-cidr", self.service_cidr]
         self.proc = None
         self.log_path = os.path.join(self.data_dir, "server.log")
 
@@ -234,6 +240,30 @@ def images():
     shutil.rmtree(out, ignore_errors=True)
 
 
+def free_service_cidr():
+    """A /24 in 10.96.0.0/12 with no address on lo yet."""
+    used = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", "lo"],
+                          capture_output=True, text=True).stdout
+    for _ in range(100):
+        net = f"10.{random.randint(96, 111)}.{random.randint(0, 255)}."
+        if f" {net}" not in used:
+            return net + "0/24"
+    raise RuntimeError("no free service range")
+
+
+def remove_service_addresses(cidr):
+    """Removes what a server that died uncleanly left of its service range on lo."""
+    if not cidr:
+        return
+    prefix = cidr.rsplit(".", 1)[0] + "."
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", "lo"],
+                         capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        addr = line.split()[3]
+        if addr.startswith(prefix):
+            subprocess.run(["ip", "addr", "del", addr, "dev", "lo"], capture_output=True)
+
+
 def free_net_index():
     taken = set(os.listdir("/sys/class/net"))
     for _ in range(100):
@@ -241,3 +271,95 @@ def free_net_index():
         if f"corral-t{n}" not in taken:
             return n
     raise RuntimeError("no free corral-t<N> bridge name")
+
+
+class Node:
+    """A corral server with its node agent on a bridge of its own."""
+
+    def __init__(self, images, extra_args=()):
+        self.n = free_net_index()
+        self.bridge = f"corral-t{self.n}"
+        self.cidr = f"10.244.{self.n}.0/24"
+        self.node_name = f"corral-test-{self.n}-{uuid.uuid4().hex[:6]}"
+        self.kubelet_port = free_port()
+        self.server = Server(
+            extra_args=[
+                "--node-name", self.node_name,
+                "--bridge", self.bridge,
+                "--pod-cidr", self.cidr,
+                "--kubelet-port", str(self.kubelet_port),
+            ] + list(extra_args)
+        )
+        self.data_dir = self.server.data_dir
+        out = subprocess.run(
+            [corral_binary(), "image", "import", "--data-dir", self.data_dir] + images,
+            capture_output=True, text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        assert "docker.io/library/busybox-web:1" in out.stdout
+        ls = subprocess.run(
+            [corral_binary(), "image", "ls", "--data-dir", self.data_dir],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        assert "docker.io/library/busybox:test" in ls
+        self.server.start()
+        self.kubectl = Kubectl(self.server)
+
+    @property
+    def runtime(self):
+        return os.path.join(self.data_dir, "runtime")
+
+    def containers(self):
+        d = os.path.join(self.runtime, "containers")
+        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+    def sandboxes(self):
+        d = os.path.join(self.runtime, "sandboxes")
+        return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+    def container_pid(self, container_id):
+        with open(os.path.join(self.runtime, "containers", container_id, "state.json")) as f:
+            return json.load(f)["pid"]
+
+    def cgroup_dirs(self, leaf=""):
+        parent = "corral-" + self.node_name
+        found = []
+        for root in ["/sys/fs/cgroup"] + [
+            os.path.join("/sys/fs/cgroup", h) for h in ("cpu", "cpuacct", "memory", "pids", "cpu,cpuacct")
+        ]:
+            p = os.path.join(root, parent, leaf) if leaf else os.path.join(root, parent)
+            if os.path.isdir(p) and os.path.realpath(p) not in [os.path.realpath(x) for x in found]:
+                found.append(p)
+        return found
+
+    def cleanup(self):
+        try:
+            wait_for("the runtime to hold no containers", lambda: not self.containers(), timeout=60)
+            wait_for("the runtime to hold no sandboxes", lambda: not self.sandboxes(), timeout=60)
+        finally:
+            self.server.stop()
+            self.kubectl.cleanup()
+            # What a stopped server may still hold (only when a test failed midway).
+            for cid in self.containers():
+                try:
+                    os.kill(self.container_pid(cid), 9)
+                except Exception:
+                    pass
+            subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+            remove_service_addresses(self.server.service_cidr)
+            for d in self.cgroup_dirs():
+                for sub in sorted(os.listdir(d), reverse=True):
+                    if os.path.isdir(os.path.join(d, sub)):
+                        try:
+                            os.rmdir(os.path.join(d, sub))
+                        except OSError:
+                            pass
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
+            for line in open("/proc/self/mountinfo"):
+                mp = line.split()[4]
+                if mp.startswith(self.data_dir):
+                    subprocess.run(["umount", "-l", mp], capture_output=True)
+            self.server.cleanup()

@@ -19,102 +19,11 @@ import uuid
 
 import pytest
 
-from conftest import free_port, free_net_index, wait_for, Kubectl, Server, _py_config, corral_binary
+from conftest import Node, free_port, wait_for, Kubectl, Server, _py_config, corral_binary
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="the node agent needs root for namespaces, cgroups and bridges"
 )
-
-
-class Node:
-    """A corral server with its node agent on a bridge of its own."""
-
-    def __init__(self, images):
-        self.n = free_net_index()
-        self.bridge = f"corral-t{self.n}"
-        self.cidr = f"10.244.{self.n}.0/24"
-        self.node_name = f"corral-test-{self.n}-{uuid.uuid4().hex[:6]}"
-        self.kubelet_port = free_port()
-        self.server = Server(
-            extra_args=[
-                "--node-name", self.node_name,
-                "--bridge", self.bridge,
-                "--pod-cidr", self.cidr,
-                "--kubelet-port", str(self.kubelet_port),
-            ]
-        )
-        self.data_dir = self.server.data_dir
-        out = subprocess.run(
-            [corral_binary(), "image", "import", "--data-dir", self.data_dir] + images,
-            capture_output=True, text=True,
-        )
-        assert out.returncode == 0, out.stderr
-        assert "docker.io/library/busybox-web:1" in out.stdout
-        ls = subprocess.run(
-            [corral_binary(), "image", "ls", "--data-dir", self.data_dir],
-            capture_output=True, text=True, check=True,
-        ).stdout
-        assert "docker.io/library/busybox:test" in ls
-        self.server.start()
-        self.kubectl = Kubectl(self.server)
-
-    @property
-    def runtime(self):
-        return os.path.join(self.data_dir, "runtime")
-
-    def containers(self):
-        d = os.path.join(self.runtime, "containers")
-        return sorted(os.listdir(d)) if os.path.isdir(d) else []
-
-    def sandboxes(self):
-        d = os.path.join(self.runtime, "sandboxes")
-        return sorted(os.listdir(d)) if os.path.isdir(d) else []
-
-    def container_pid(self, container_id):
-        with open(os.path.join(self.runtime, "containers", container_id, "state.json")) as f:
-            return json.load(f)["pid"]
-
-    def cgroup_dirs(self, leaf=""):
-        parent = "corral-" + self.node_name
-        found = []
-        for root in ["/sys/fs/cgroup"] + [
-            os.path.join("/sys/fs/cgroup", h) for h in ("cpu", "cpuacct", "memory", "pids", "cpu,cpuacct")
-        ]:
-            p = os.path.join(root, parent, leaf) if leaf else os.path.join(root, parent)
-            if os.path.isdir(p) and os.path.realpath(p) not in [os.path.realpath(x) for x in found]:
-                found.append(p)
-        return found
-
-    def cleanup(self):
-        try:
-            wait_for("the runtime to hold no containers", lambda: not self.containers(), timeout=60)
-            wait_for("the runtime to hold no sandboxes", lambda: not self.sandboxes(), timeout=60)
-        finally:
-            self.server.stop()
-            self.kubectl.cleanup()
-            # What a stopped server may still hold (only when a test failed midway).
-            for cid in self.containers():
-                try:
-                    os.kill(self.container_pid(cid), 9)
-                except Exception:
-                    pass
-            subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
-            for d in self.cgroup_dirs():
-                for sub in sorted(os.listdir(d), reverse=True):
-                    if os.path.isdir(os.path.join(d, sub)):
-                        try:
-                            os.rmdir(os.path.join(d, sub))
-                        except OSError:
-                            pass
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    pass
-            for line in open("/proc/self/mountinfo"):
-                mp = line.split()[4]
-                if mp.startswith(self.data_dir):
-                    subprocess.run(["umount", "-l", mp], capture_output=True)
-            self.server.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ pub mod replicaset;
 pub mod resourcequota;
 pub mod selector;
 pub mod serviceaccount;
+pub mod servicelb;
 pub mod statefulset;
 
 use k8s_openapi::api::apps::v1::{

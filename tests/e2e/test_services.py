@@ -1,0 +1,236 @@
+"""Services end to end: real pods behind ClusterIP, NodePort and LoadBalancer Services,
+reached from a pod and from the node through corral's node proxy.
+
+The node's address is 127.0.0.1 here (--node-ip), so NodePorts and LoadBalancer ports are
+reached on loopback; cluster IPs come from a service range of this server's own that the
+proxy puts on lo and removes again when it stops.
+"""
+
+import json
+import os
+import subprocess
+import threading
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+from conftest import Node, wait_for
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="the node agent and proxy need root (namespaces, bridges, lo addresses)"
+)
+
+
+@pytest.fixture(scope="module")
+def node(images):
+    n = Node(images, extra_args=["--node-ip", "127.0.0.1"])
+    yield n
+    n.cleanup()
+
+
+@pytest.fixture
+def kc(node):
+    return node.kubectl
+
+
+@pytest.fixture
+def sns(node, kc):
+    name = "s-" + uuid.uuid4().hex[:8]
+    kc.run("create", "namespace", name)
+    yield name
+    kc.run("delete", "deployments,services", "--all", "-n", name, "--wait=false", check=False)
+    kc.run("delete", "pods", "--all", "-n", name, "--grace-period=0", "--force", check=False)
+    wait_for(f"the pods of {name} to be gone",
+             lambda: not kc.json("get", "pods", "-n", name)["items"], timeout=90)
+    kc.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+# Serves its own pod name on 8080, so a test sees which endpoint answered.
+WHOAMI = ["sh", "-c", "mkdir -p /w && hostname > /w/index.html && exec httpd -f -p 8080 -h /w"]
+
+
+def deployment(name, replicas, command=None, image="busybox:test", extra_spec=None):
+    container = {
+        "name": "app",
+        "image": image,
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+    }
+    if command:
+        container["command"] = command
+    spec = {"terminationGracePeriodSeconds": 5, "containers": [container]}
+    spec.update(extra_spec or {})
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": spec},
+        },
+    }
+
+
+def service(name, selector, svc_type="ClusterIP", **spec):
+    body = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"type": svc_type, "selector": {"app": selector},
+                 "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    }
+    body["spec"].update(spec)
+    return body
+
+
+def apply(kc, ns, *objs):
+    kc.run("apply", "-n", ns, "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objs)}))
+
+
+def client_pod(kc, ns):
+    kc.run("run", "client", "-n", ns, "--image=busybox:test", "--restart=Never", "--", "sleep", "3600")
+    wait_for("the client pod to run", lambda: kc.json("get", "pod", "client", "-n", ns)["status"].get("phase") == "Running")
+
+
+def ready_endpoints(kc, ns, svc):
+    slices = kc.json("get", "endpointslices", "-n", ns, "-l", f"kubernetes.io/service-name={svc}")["items"]
+    return sorted(a for s in slices for e in (s.get("endpoints") or [])
+                  if (e.get("conditions") or {}).get("ready") for a in e["addresses"])
+
+
+def wait_ready_endpoints(kc, ns, svc, n):
+    return wait_for(f"{n} ready endpoints behind {svc}", lambda: len(ready_endpoints(kc, ns, svc)) == n)
+
+
+def cluster_ip(kc, ns, svc):
+    return kc.json("get", "service", svc, "-n", ns)["spec"]["clusterIP"]
+
+
+def http_get(url, timeout=5):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read().decode().strip()
+
+
+def from_pod(kc, ns, url, check=True):
+    out = kc.run("exec", "client", "-n", ns, "--", "wget", "-q", "-O-", url, check=check)
+    return out.stdout.strip() if check else out
+
+
+def test_cluster_ip_from_a_pod_and_the_node_spreads_over_ready_pods(kc, sns):
+    apply(kc, sns, deployment("who", 3, WHOAMI), service("who", "who"))
+    client_pod(kc, sns)
+    wait_ready_endpoints(kc, sns, "who", 3)
+    ip = cluster_ip(kc, sns, "who")
+    pods = {p["metadata"]["name"] for p in kc.json("get", "pods", "-n", sns, "-l", "app=who")["items"]}
+    seen = {from_pod(kc, sns, f"http://{ip}/") for _ in range(6)}
+    assert seen == pods, f"every ready pod answers through the cluster IP: {seen} vs {pods}"
+    assert http_get(f"http://{ip}/") in pods
+    # The service name works the same once DNS is in place; the port is the Service's.
+    assert from_pod(kc, sns, f"http://{ip}:80/") in pods
+
+
+def test_node_port_and_load_balancer_on_the_node_address(kc, sns):
+    lb_port = 18000 + os.getpid() % 1000
+    apply(kc, sns, deployment("web", 2, image="busybox-web:1"),
+          service("web-np", "web", "NodePort"),
+          service("web-lb", "web", "LoadBalancer", ports=[{"name": "http", "port": lb_port, "targetPort": 8080}]))
+    wait_ready_endpoints(kc, sns, "web-np", 2)
+    np = kc.json("get", "service", "web-np", "-n", sns)["spec"]["ports"][0]["nodePort"]
+    assert wait_for("the NodePort to answer", lambda: http_get(f"http://127.0.0.1:{np}/")) == "web v1"
+    lb = wait_for("the LoadBalancer's ingress", lambda: kc.json("get", "service", "web-lb", "-n", sns)
+                  ["status"].get("loadBalancer", {}).get("ingress"))
+    assert lb == [{"ip": "127.0.0.1", "ipMode": "VIP"}]
+    out = kc("get", "service", "web-lb", "-n", sns)
+    assert "127.0.0.1" in out, out
+    assert wait_for("the LoadBalancer port to answer", lambda: http_get(f"http://127.0.0.1:{lb_port}/")) == "web v1"
+    # Its node port answers as well, as Kubernetes gives LoadBalancers one.
+    lb_np = kc.json("get", "service", "web-lb", "-n", sns)["spec"]["ports"][0]["nodePort"]
+    assert http_get(f"http://127.0.0.1:{lb_np}/") == "web v1"
+
+
+def test_client_ip_affinity_keeps_a_client_on_one_pod(kc, sns):
+    apply(kc, sns, deployment("sticky", 3, WHOAMI), service("sticky", "sticky", sessionAffinity="ClientIP"))
+    client_pod(kc, sns)
+    wait_ready_endpoints(kc, sns, "sticky", 3)
+    ip = cluster_ip(kc, sns, "sticky")
+    seen = {from_pod(kc, sns, f"http://{ip}/") for _ in range(6)}
+    assert len(seen) == 1, seen
+
+
+def test_unready_pods_get_no_traffic_and_a_service_without_endpoints_refuses(kc, sns):
+    gate = ["sh", "-c", "mkdir -p /w && hostname > /w/index.html && touch /w/ok && exec httpd -f -p 8080 -h /w"]
+    dep = deployment("gated", 2, gate)
+    dep["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] = "/ok"
+    apply(kc, sns, dep, service("gated", "gated"), service("nobody", "no-such-app"))
+    client_pod(kc, sns)
+    wait_ready_endpoints(kc, sns, "gated", 2)
+    pods = sorted(p["metadata"]["name"] for p in kc.json("get", "pods", "-n", sns, "-l", "app=gated")["items"])
+    kc.run("exec", pods[0], "-n", sns, "--", "rm", "/w/ok")
+    wait_ready_endpoints(kc, sns, "gated", 1)
+    ip = cluster_ip(kc, sns, "gated")
+    seen = {from_pod(kc, sns, f"http://{ip}/") for _ in range(5)}
+    assert seen == {pods[1]}, seen
+    # No endpoints at all: refused at once, not a hang.
+    nobody = cluster_ip(kc, sns, "nobody")
+    started = time.time()
+    out = from_pod(kc, sns, f"http://{nobody}/", check=False)
+    assert out.returncode != 0
+    assert time.time() - started < 10
+    assert "refused" in out.stderr.lower() or "reset" in out.stderr.lower(), out.stderr
+
+
+def test_rolling_a_deployment_behind_a_service_loses_no_request(kc, sns):
+    dep = deployment("roll", 2, image="busybox-web:1")
+    dep["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    apply(kc, sns, dep, service("roll", "roll"))
+    wait_ready_endpoints(kc, sns, "roll", 2)
+    url = f"http://{cluster_ip(kc, sns, 'roll')}/"
+    results, stop = [], threading.Event()
+
+    def load():
+        while not stop.is_set():
+            try:
+                results.append(http_get(url, timeout=5))
+            except Exception as e:  # counted as a lost request
+                results.append(f"error: {e}")
+            time.sleep(0.01)
+
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        kc.run("set", "image", "-n", sns, "deployment/roll", "app=busybox-web:2")
+        kc.run("rollout", "status", "-n", sns, "deployment/roll", "--timeout=120s", timeout=150)
+        wait_for("v2 to answer", lambda: results and results[-1] == "web v2")
+        time.sleep(1)
+    finally:
+        stop.set()
+        t.join()
+    errors = [r for r in results if r.startswith("error")]
+    assert not errors, f"{len(errors)} of {len(results)} requests failed: {errors[:3]}"
+    assert {"web v1", "web v2"} <= set(results)
+
+
+def test_the_proxy_removes_its_addresses_when_it_stops_and_after_a_crash(node, kc, sns):
+    apply(kc, sns, service("addr", "nothing"))
+    ip = cluster_ip(kc, sns, "addr")
+
+    def on_lo():
+        out = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True).stdout
+        return {line.split()[3].split("/")[0] for line in out.splitlines()}
+
+    wait_for("the cluster IP on lo", lambda: ip in on_lo())
+    # A crash leaves addresses behind; the next start removes those whose Service is gone.
+    stale = node.server.service_cidr.rsplit(".", 1)[0] + ".250"
+    subprocess.run(["ip", "addr", "add", f"{stale}/32", "dev", "lo"], check=True)
+    with open(os.path.join(node.data_dir, "proxy", "local-ips"), "a") as f:
+        f.write(stale + "\n")
+    node.server.stop(sig=9)
+    assert ip in on_lo()
+    node.server.start()
+    wait_for("the stale address to be removed", lambda: stale not in on_lo())
+    assert wait_for("the live address to stay", lambda: ip in on_lo())
+    node.server.stop()
+    assert not {a for a in on_lo() if a.startswith(node.server.service_cidr.rsplit(".", 1)[0] + ".")}, on_lo()
+    node.server.start()
+    wait_for("the cluster IP on lo again", lambda: ip in on_lo())
