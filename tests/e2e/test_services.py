@@ -126,8 +126,12 @@ def test_cluster_ip_from_a_pod_and_the_node_spreads_over_ready_pods(kc, sns):
     seen = {from_pod(kc, sns, f"http://{ip}/") for _ in range(6)}
     assert seen == pods, f"every ready pod answers through the cluster IP: {seen} vs {pods}"
     assert http_get(f"http://{ip}/") in pods
-    # The service name works the same once DNS is in place; the port is the Service's.
-    assert from_pod(kc, sns, f"http://{ip}:80/") in pods
+    # The kubelet's Service variables: the API's own Service and those of the namespace.
+    env = dict(l.split("=", 1) for l in kc("exec", "client", "-n", sns, "--", "env").splitlines() if "=" in l)
+    assert env["WHO_SERVICE_HOST"] == ip and env["WHO_SERVICE_PORT_HTTP"] == "80", env
+    assert env["WHO_PORT"] == f"tcp://{ip}:80"
+    assert env["KUBERNETES_SERVICE_HOST"] == cluster_ip(kc, "default", "kubernetes")
+    assert env["KUBERNETES_SERVICE_PORT"] == "443"
 
 
 def test_node_port_and_load_balancer_on_the_node_address(kc, sns):

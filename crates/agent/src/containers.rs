@@ -344,6 +344,9 @@ pub struct EnvInputs<'a> {
     pub host_ip: IpAddr,
     pub node: NodeAllocatable,
     pub hostname: &'a str,
+    /// The Service variables (service_env), added where the pod sets nothing of that name
+    /// and visible to `$(VAR)` in env values, as the kubelet does.
+    pub service_env: &'a std::collections::BTreeMap<String, String>,
 }
 
 /// The container's environment as `KEY=VALUE`: image env, then envFrom, then env (later
@@ -458,10 +461,17 @@ pub async fn environment(
             }
         } else {
             let raw = e.value.clone().unwrap_or_default();
-            expand(&raw, |n| pod_vars.get(n).cloned())
+            expand(&raw, |n| {
+                pod_vars.get(n).or_else(|| inp.service_env.get(n)).cloned()
+            })
         };
         pod_vars.insert(e.name.clone(), value.clone());
         set(&mut order, &mut vars, e.name.clone(), value);
+    }
+    for (k, v) in inp.service_env {
+        if !pod_vars.contains_key(k) {
+            set(&mut order, &mut vars, k.clone(), v.clone());
+        }
     }
     let env = order
         .into_iter()

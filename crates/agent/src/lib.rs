@@ -21,6 +21,7 @@ pub mod paths;
 mod pods;
 mod probes;
 mod quantity;
+mod service_env;
 mod volumes;
 mod worker;
 
@@ -135,6 +136,8 @@ pub(crate) struct Ctx {
     pub node_ip: IpAddr,
     pub node: containers::NodeAllocatable,
     pub resolv_conf: Option<String>,
+    /// Every Service, for the containers' service environment variables.
+    pub services: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>,
 }
 
 /// Runs the agent until `shutdown` resolves. Containers keep running when it returns; the
@@ -189,7 +192,9 @@ pub async fn run(
     }
     let node_ip = cfg.node_ip.unwrap_or_else(node::detect_node_ip);
     let facts = node::HostFacts::read(&cfg.data_dir);
+    let (services, services_task) = watch_services(client.clone());
     let ctx = Arc::new(Ctx {
+        services,
         recorder: events::Recorder::new(client.clone(), cfg.node_name.clone()),
         client: client.clone(),
         runtime,
@@ -251,5 +256,25 @@ pub async fn run(
         let _ = k.await;
     }
     let _ = status.await;
+    services_task.abort();
     Ok(())
+}
+
+/// A cache of every Service, kept by a watch (the kubelet's service informer).
+fn watch_services(
+    client: Client,
+) -> (
+    kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>,
+    tokio::task::JoinHandle<()>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::{reflector, watcher, WatchStreamExt};
+    let (reader, writer) = reflector::store();
+    let api = kube::Api::<k8s_openapi::api::core::v1::Service>::all(client);
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    );
+    let task = tokio::spawn(stream.for_each(|_| futures::future::ready(())));
+    (reader, task)
 }

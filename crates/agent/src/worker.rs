@@ -632,6 +632,23 @@ impl Worker {
         next
     }
 
+    /// The Service variables for this pod's containers, once the Service cache has its
+    /// first list (a container started before it would miss them for good).
+    async fn service_env(&self) -> std::collections::BTreeMap<String, String> {
+        let store = &self.ctx.services;
+        let _ = tokio::time::timeout(Duration::from_secs(10), store.wait_until_ready()).await;
+        let services = store.state();
+        crate::service_env::service_env(
+            services.iter().map(|s| &**s),
+            &self.pod.namespace().unwrap_or_default(),
+            self.pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.enable_service_links)
+                .unwrap_or(true),
+        )
+    }
+
     async fn resolve_image(&self, image: &str) -> Option<Image> {
         let store = self.ctx.images.clone();
         let image = image.to_string();
@@ -802,6 +819,7 @@ impl Worker {
             .as_ref()
             .map(|s| s.hostname.clone())
             .unwrap_or_else(|| self.pod.name_any());
+        let service_env = self.service_env().await;
         let built = containers::build(
             BuildInputs {
                 env: EnvInputs {
@@ -812,6 +830,7 @@ impl Worker {
                     host_ip: self.ctx.node_ip,
                     node: self.ctx.node,
                     hostname: &hostname,
+                    service_env: &service_env,
                 },
                 image: &image,
                 volumes: &vols,

@@ -46,9 +46,10 @@ impl Controller {
         let (q, services) = (self.queue.clone(), self.services.clone());
         self.nodes.on_change(move |c| {
             let changed = match c {
-                Change::Applied { old: Some(old), new } => {
-                    ready_status(old) != ready_status(new) || internal_ip(old) != internal_ip(new)
-                }
+                Change::Applied {
+                    old: Some(old),
+                    new,
+                } => ready_status(old) != ready_status(new) || internal_ip(old) != internal_ip(new),
                 _ => true,
             };
             if changed {
@@ -106,7 +107,11 @@ impl Controller {
         }
         let patch = json!({"status": {"loadBalancer": {"ingress": want}}});
         Api::<Service>::namespaced(self.client.clone(), &key.namespace)
-            .patch_status(&svc.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(
+                &svc.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
             .await?;
         Ok(None)
     }
