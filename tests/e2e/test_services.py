@@ -11,6 +11,7 @@ import os
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -166,7 +167,11 @@ def test_unready_pods_get_no_traffic_and_a_service_without_endpoints_refuses(kc,
     gate = ["sh", "-c", "mkdir -p /w && hostname > /w/index.html && touch /w/ok && exec httpd -f -p 8080 -h /w"]
     dep = deployment("gated", 2, gate)
     dep["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["path"] = "/ok"
-    apply(kc, sns, dep, service("gated", "gated"), service("nobody", "no-such-app"))
+    nobody = service("nobody", "no-such-app", ports=[
+        {"name": "http", "port": 80, "targetPort": 8080},
+        {"name": "raw", "port": 81, "targetPort": 8080},
+    ])
+    apply(kc, sns, dep, service("gated", "gated"), nobody)
     client_pod(kc, sns)
     wait_ready_endpoints(kc, sns, "gated", 2)
     pods = sorted(p["metadata"]["name"] for p in kc.json("get", "pods", "-n", sns, "-l", "app=gated")["items"])
@@ -175,10 +180,18 @@ def test_unready_pods_get_no_traffic_and_a_service_without_endpoints_refuses(kc,
     ip = cluster_ip(kc, sns, "gated")
     seen = {from_pod(kc, sns, f"http://{ip}/") for _ in range(5)}
     assert seen == {pods[1]}, seen
-    # No endpoints at all: refused at once, not a hang.
+    # No endpoints: an HTTP port answers 503 with the reason, as Envoy does ...
     nobody = cluster_ip(kc, sns, "nobody")
+    try:
+        http_get(f"http://{nobody}/")
+        raise AssertionError("expected a 503")
+    except urllib.error.HTTPError as e:
+        assert e.code == 503
+        assert e.headers["x-corral-reason"] == "no_healthy_upstream"
+        assert e.read().decode() == "no healthy upstream"
+    # ... and a TCP port refuses at once rather than hanging.
     started = time.time()
-    out = from_pod(kc, sns, f"http://{nobody}/", check=False)
+    out = from_pod(kc, sns, f"http://{nobody}:81/", check=False)
     assert out.returncode != 0
     assert time.time() - started < 10
     assert "refused" in out.stderr.lower() or "reset" in out.stderr.lower(), out.stderr

@@ -25,11 +25,44 @@ pub struct Backend {
     pub target: Option<String>,
 }
 
+/// How the proxy handles a port's traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppProtocol {
+    /// Bytes, per connection.
+    Tcp,
+    /// HTTP per request, HTTP/1.1 to the endpoints.
+    Http1,
+    /// HTTP per request, HTTP/2 with prior knowledge to the endpoints (gRPC, h2c).
+    Http2,
+}
+
+impl AppProtocol {
+    /// Istio's protocol selection: the port's appProtocol, else the port name's prefix
+    /// (`http`, `http-web`, `grpc-api`, ...); anything else is TCP.
+    pub fn of(port: &crate::view::ServicePort) -> AppProtocol {
+        if port.protocol != Protocol::Tcp {
+            return AppProtocol::Tcp;
+        }
+        let by = |p: &str| match p.to_ascii_lowercase().as_str() {
+            "http" => Some(AppProtocol::Http1),
+            "http2" | "grpc" | "grpc-web" | "kubernetes.io/h2c" => Some(AppProtocol::Http2),
+            "" => None,
+            _ => Some(AppProtocol::Tcp),
+        };
+        if let Some(a) = port.app_protocol.as_deref().and_then(by) {
+            return a;
+        }
+        let prefix = port.name.split('-').next().unwrap_or("");
+        by(prefix).unwrap_or(AppProtocol::Tcp)
+    }
+}
+
 /// One Service port as reached at one address.
 #[derive(Debug)]
 pub struct Frontend {
     pub service: ServiceKey,
     pub port_name: String,
+    pub app: AppProtocol,
     /// The endpoints to use: the ready ones, or when none is ready the ones still serving
     /// while they terminate (as kube-proxy does), so a rollout's last pod keeps answering.
     pub backends: Vec<Backend>,
@@ -110,6 +143,7 @@ impl Frontends {
                     continue;
                 }
                 let backends = backends(svc, &port.name, port.protocol);
+                let app = AppProtocol::of(port);
                 let mut listens = Vec::new();
                 for ip in &svc.cluster_ips {
                     if let IpAddr::V4(v4) = ip {
@@ -136,6 +170,7 @@ impl Frontends {
                         Some(old)
                             if old.service == svc.key
                                 && old.port_name == port.name
+                                && old.app == app
                                 && old.backends == backends
                                 && old.affinity.as_ref().map(|a| a.timeout) == svc.affinity =>
                         {
@@ -144,6 +179,7 @@ impl Frontends {
                         _ => Arc::new(Frontend {
                             service: svc.key.clone(),
                             port_name: port.name.clone(),
+                            app,
                             backends: backends.clone(),
                             affinity: svc.affinity.map(|timeout| Affinity {
                                 timeout,

@@ -5,6 +5,7 @@
 //! EndpointSlices and keeps nothing it cannot rebuild from them.
 
 pub mod frontends;
+pub mod http;
 pub mod listeners;
 mod local_ips;
 pub mod stats;

@@ -2,20 +2,21 @@
 //! stops those it drops (their connections go on), and retries binds that failed (an
 //! address still held by another process, a port the node already uses).
 
-use crate::frontends::{Frontends, Listen};
+use crate::frontends::{AppProtocol, Frontends, Listen};
 use crate::stats::Stats;
 use crate::view::Protocol;
-use crate::{tcp, udp};
+use crate::{http, tcp, udp};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub struct Listeners {
-    running: HashMap<Listen, JoinHandle<()>>,
+    running: HashMap<Listen, (AppProtocol, JoinHandle<()>)>,
     /// Binds that failed, with the error last logged, so a retry does not log again.
     failed: HashMap<Listen, String>,
     table: watch::Receiver<Arc<Frontends>>,
+    upstreams: Arc<http::Upstreams>,
     stats: Arc<Stats>,
 }
 
@@ -25,14 +26,16 @@ impl Listeners {
             running: HashMap::new(),
             failed: HashMap::new(),
             table,
+            upstreams: Arc::new(http::Upstreams::new()),
             stats,
         }
     }
 
     /// Listens on exactly the frontends in `fe`. Returns whether some bind failed.
     pub fn reconcile(&mut self, fe: &Frontends) -> bool {
-        self.running.retain(|listen, task| {
-            let keep = fe.by_listen.contains_key(listen);
+        // A port whose protocol changed (TCP <-> HTTP) is served anew.
+        self.running.retain(|listen, (app, task)| {
+            let keep = fe.by_listen.get(listen).is_some_and(|f| f.app == *app);
             if !keep {
                 task.abort();
             }
@@ -43,12 +46,13 @@ impl Listeners {
             if self.running.contains_key(listen) {
                 continue;
             }
-            match self.start(*listen) {
+            let app = fe.by_listen[listen].app;
+            match self.start(*listen, app) {
                 Ok(task) => {
                     if self.failed.remove(listen).is_some() {
                         tracing::info!(addr = %listen.addr, "service port now bound");
                     }
-                    self.running.insert(*listen, task);
+                    self.running.insert(*listen, (app, task));
                 }
                 Err(e) => {
                     let msg = e.to_string();
@@ -65,13 +69,18 @@ impl Listeners {
         !self.failed.is_empty()
     }
 
-    fn start(&self, listen: Listen) -> std::io::Result<JoinHandle<()>> {
+    fn start(&self, listen: Listen, app: AppProtocol) -> std::io::Result<JoinHandle<()>> {
         let table = self.table.clone();
         let stats = self.stats.clone();
         Ok(match listen.protocol {
             Protocol::Udp => {
                 let socket = udp::bind(listen.addr)?;
                 tokio::spawn(udp::serve(socket, listen, table, stats))
+            }
+            _ if app != AppProtocol::Tcp => {
+                let listener = tcp::bind(listen.addr)?;
+                let upstreams = self.upstreams.clone();
+                tokio::spawn(http::serve(listener, listen, table, upstreams, stats))
             }
             _ => {
                 let listener = tcp::bind(listen.addr)?;
@@ -81,7 +90,7 @@ impl Listeners {
     }
 
     pub fn stop_all(&mut self) {
-        for (_, task) in self.running.drain() {
+        for (_, (_, task)) in self.running.drain() {
             task.abort();
         }
     }

@@ -14,6 +14,16 @@ pub fn one_service(
     protocol: Protocol,
     backends: &[SocketAddr],
 ) -> ClusterView {
+    named_service(frontend, protocol, "p", backends)
+}
+
+/// As [`one_service`] with the port named `port_name` (`http` makes it an HTTP port).
+pub fn named_service(
+    frontend: SocketAddr,
+    protocol: Protocol,
+    port_name: &str,
+    backends: &[SocketAddr],
+) -> ClusterView {
     let key = ServiceKey {
         namespace: "test".into(),
         name: "svc".into(),
@@ -29,7 +39,7 @@ pub fn one_service(
             serving: true,
             terminating: false,
             ports: Arc::new(vec![EndpointPort {
-                name: "p".into(),
+                name: port_name.into(),
                 protocol,
                 port: b.port(),
             }]),
@@ -45,7 +55,7 @@ pub fn one_service(
             headless: false,
             external_name: None,
             ports: vec![ServicePort {
-                name: "p".into(),
+                name: port_name.into(),
                 protocol,
                 port: frontend.port(),
                 node_port: None,
