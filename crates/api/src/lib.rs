@@ -17,6 +17,7 @@ pub mod fieldpath;
 pub mod filter;
 pub mod handlers;
 pub mod managed;
+pub mod mesh_crds;
 pub mod metrics;
 pub mod namespaces;
 pub mod objects;
@@ -43,6 +44,7 @@ pub async fn start(
 ) -> Result<Shared, error::ApiError> {
     let st = State::new(store, config);
     namespaces::bootstrap(&st).await?;
+    mesh_crds::install(&st).await?;
     tokio::spawn(crd::run_sync(st.clone(), stop.clone()));
     tokio::spawn(namespaces::run_finalizer(st.clone(), stop));
     st.set_ready();
