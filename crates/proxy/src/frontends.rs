@@ -63,6 +63,10 @@ pub struct Frontend {
     pub service: ServiceKey,
     pub port_name: String,
     pub app: AppProtocol,
+    /// The Service's port number (routes may match on it).
+    pub service_port: u16,
+    /// For HTTP ports: the compiled VirtualService routes (or the default route).
+    pub routes: Option<Arc<Vec<crate::mesh::routing::Route>>>,
     /// The endpoints to use: the ready ones, or when none is ready the ones still serving
     /// while they terminate (as kube-proxy does), so a rollout's last pod keeps answering.
     pub backends: Vec<Backend>,
@@ -114,6 +118,8 @@ impl Frontend {
 #[derive(Debug, Default)]
 pub struct Frontends {
     pub by_listen: HashMap<Listen, Arc<Frontend>>,
+    /// The clusters HTTP routes send to, kept for the next build.
+    pub clusters: HashMap<crate::mesh::routing::ClusterKey, Arc<crate::mesh::routing::Cluster>>,
     /// Cluster IPs to put on `lo`.
     pub local_ips: BTreeSet<Ipv4Addr>,
 }
@@ -124,6 +130,8 @@ pub struct NodeAddrs {
     pub node_ip: IpAddr,
     /// Addresses not proxied (the cluster DNS address, answered by the DNS server).
     pub skip: Vec<IpAddr>,
+    /// The cluster's DNS domain, for resolving Istio hosts.
+    pub domain: String,
 }
 
 impl Frontends {
@@ -131,6 +139,8 @@ impl Frontends {
     /// round-robin position over for frontends whose backends did not change.
     pub fn build(view: &ClusterView, node: &NodeAddrs, previous: &Frontends) -> Frontends {
         let mut out = Frontends::default();
+        let mut compiler =
+            crate::mesh::routing::Compiler::new(view, &node.domain, &previous.clusters);
         for svc in view.services.values() {
             if svc.kind == ServiceType::ExternalName || svc.headless {
                 continue;
@@ -144,6 +154,7 @@ impl Frontends {
                 }
                 let backends = backends(svc, &port.name, port.protocol);
                 let app = AppProtocol::of(port);
+                let routes = (app != AppProtocol::Tcp).then(|| compiler.routes(svc, port.port));
                 let mut listens = Vec::new();
                 for ip in &svc.cluster_ips {
                     if let IpAddr::V4(v4) = ip {
@@ -168,7 +179,8 @@ impl Frontends {
                     };
                     let fe = match previous.by_listen.get(&listen) {
                         Some(old)
-                            if old.service == svc.key
+                            if routes.is_none()
+                                && old.service == svc.key
                                 && old.port_name == port.name
                                 && old.app == app
                                 && old.backends == backends
@@ -180,6 +192,8 @@ impl Frontends {
                             service: svc.key.clone(),
                             port_name: port.name.clone(),
                             app,
+                            service_port: port.port,
+                            routes: routes.clone(),
                             backends: backends.clone(),
                             affinity: svc.affinity.map(|timeout| Affinity {
                                 timeout,
@@ -193,6 +207,7 @@ impl Frontends {
                 }
             }
         }
+        out.clusters = compiler.clusters;
         out
     }
 }
@@ -233,6 +248,7 @@ mod tests {
             ready,
             serving,
             terminating,
+            labels: Default::default(),
             ports: Arc::new(vec![EndpointPort {
                 name: "http".into(),
                 protocol: Protocol::Tcp,
@@ -275,6 +291,7 @@ mod tests {
         NodeAddrs {
             node_ip: "192.0.2.10".parse().unwrap(),
             skip: vec![],
+            domain: "cluster.local".into(),
         }
     }
 
@@ -361,6 +378,7 @@ mod tests {
         let n = NodeAddrs {
             node_ip: "192.0.2.10".parse().unwrap(),
             skip: vec!["10.43.0.5".parse().unwrap()],
+            domain: "cluster.local".into(),
         };
         assert!(Frontends::build(&view, &n, &Frontends::default())
             .by_listen

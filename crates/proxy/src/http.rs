@@ -7,6 +7,10 @@
 //! whose body and `x-corral-reason` header say why, as Envoy's response flags do.
 
 use crate::frontends::{AppProtocol, Frontend, Frontends, Listen};
+use crate::mesh::outlier::{Outcome, Registry};
+use crate::mesh::routing::{
+    apply_header_ops, chance, Action, Cluster, HashOn, RequestInfo, RetryPolicy, Route,
+};
 use crate::stats::Stats;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -18,6 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -27,14 +32,14 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Why the proxy answered itself instead of an endpoint (the `x-corral-reason` header).
 pub const REASON_HEADER: &str = "x-corral-reason";
-/// How many endpoints one request may try when they refuse connections.
-const ATTEMPTS: usize = 3;
 
 /// The upstream side shared by every HTTP frontend of the node: connection pools to
 /// endpoints, HTTP/1.1 and HTTP/2 (prior knowledge, for gRPC and h2c).
 pub struct Upstreams {
     h1: Client<HttpConnector, Body>,
     h2: Client<HttpConnector, Body>,
+    /// Outlier detection's view of every endpoint.
+    pub health: Registry,
 }
 
 impl Upstreams {
@@ -48,7 +53,11 @@ impl Upstreams {
         let h2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build(conn);
-        Upstreams { h1, h2 }
+        Upstreams {
+            h1,
+            h2,
+            health: Registry::default(),
+        }
     }
 }
 
@@ -100,93 +109,469 @@ async fn handle(
     let Some(fe) = fe else {
         return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no_route", "no route");
     };
-    let candidates: Vec<SocketAddr> = fe.pick(peer.ip()).iter().map(|b| b.addr).collect();
-    if candidates.is_empty() {
-        stats.refused();
-        return local_reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_healthy_upstream",
-            "no healthy upstream",
-        );
-    }
-    let client = match fe.app {
-        AppProtocol::Http2 => &upstreams.h2,
-        _ => &upstreams.h1,
+    let Some(routes) = fe.routes.clone() else {
+        return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no_route", "no route");
     };
     let mut req = req;
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let info = RequestInfo {
+        method: req.method().as_str(),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        authority: &authority,
+        headers: req.headers(),
+        port: fe.service_port,
+    };
+    let Some((route, matched)) = routes
+        .iter()
+        .find_map(|r| r.accepts(&info).map(|m| (r, m.cloned())))
+    else {
+        return local_reply(StatusCode::NOT_FOUND, "route_not_found", "");
+    };
+    if let Some(reply) = inject_fault(route).await {
+        return reply;
+    }
+    let dest = match &route.action {
+        Action::Direct(status, body) => {
+            let mut r = Response::new(full(body.clone()));
+            *r.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            return r;
+        }
+        Action::Redirect(red) => return redirect(red, req.uri(), &authority),
+        Action::Forward(_) => match route.pick() {
+            Some(d) => d,
+            None => {
+                return local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_cluster_found",
+                    "no destination",
+                )
+            }
+        },
+    };
+    let cluster = match &dest.cluster {
+        Ok(c) => c.clone(),
+        Err(why) => {
+            stats.refused();
+            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no_cluster_found", why);
+        }
+    };
     // An Upgrade (WebSocket and the like) becomes a byte stream after the 101.
     let upgrade = req
         .headers()
         .get(header::UPGRADE)
         .cloned()
         .filter(|_| req.version() == http::Version::HTTP_11);
-    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    // Only a request without a body can be sent again: the body is streamed, not kept.
-    let replayable = hyper::body::Body::is_end_stream(req.body());
+    let mut client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
+    let path = rewritten_path(&parts.uri, route.rewrite.as_ref(), matched.as_ref());
     let mut headers = forwarded_headers(&parts.headers, &parts.uri, peer);
+    if let Some(a) = route.rewrite.as_ref().and_then(|r| r.authority.as_deref()) {
+        if let Ok(v) = HeaderValue::from_str(a) {
+            headers.insert(header::HOST, v);
+        }
+    }
     if let Some(u) = &upgrade {
         headers.insert(header::UPGRADE, u.clone());
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    let mut client_upgrade = client_upgrade;
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/")
-        .to_string();
-    let mut body = Some(body);
-    let mut last_error = String::new();
-    for backend in candidates.iter().take(ATTEMPTS) {
-        let attempt_body: Body = if replayable {
-            Empty::new().map_err(|never| match never {}).boxed()
-        } else {
-            match body.take() {
-                Some(b) => b.boxed(),
-                None => break,
+    apply_header_ops(
+        &mut headers,
+        route.headers.as_ref().and_then(|h| h.request.as_ref()),
+    );
+    apply_header_ops(
+        &mut headers,
+        dest.headers.as_ref().and_then(|h| h.request.as_ref()),
+    );
+    // A small body is kept so the request can be sent again (retries, mirroring); a
+    // large or unsized one is streamed once.
+    let body = match Buffered::take(body, &parts.headers).await {
+        Ok(b) => b,
+        Err(_) => return local_reply(StatusCode::BAD_REQUEST, "downstream_reset", "request body"),
+    };
+    if let (Some((Ok(mirror), pct)), Some(bytes)) = (&route.mirror, body.bytes()) {
+        if chance(*pct) {
+            mirror_request(
+                upstreams,
+                mirror.clone(),
+                &parts.method,
+                &path,
+                &headers,
+                bytes,
+            );
+        }
+    }
+    let hash = hash_input(&cluster, &headers, parts.uri.query(), peer);
+    let attempt = Attempt {
+        upstreams,
+        cluster: &cluster,
+        method: &parts.method,
+        path: &path,
+        headers: &headers,
+        retry: &route.retry,
+        hash,
+    };
+    let result = match route.timeout {
+        Some(t) => match tokio::time::timeout(t, attempt.run(body)).await {
+            Ok(r) => r,
+            Err(_) => Err(local_reply(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_request_timeout",
+                "upstream request timeout",
+            )),
+        },
+        None => attempt.run(body).await,
+    };
+    let mut resp = match result {
+        Ok(r) => r,
+        Err(reply) => {
+            stats.refused();
+            return reply;
+        }
+    };
+    stats.opened();
+    stats.closed(0, 0);
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_side) = client_upgrade.take() {
+            let upstream_side = hyper::upgrade::on(&mut resp);
+            tokio::spawn(splice_upgraded(client_side, upstream_side));
+            return resp.map(|b| b.boxed());
+        }
+    }
+    let (mut rparts, rbody) = resp.into_parts();
+    strip_hop_by_hop(&mut rparts.headers);
+    apply_header_ops(
+        &mut rparts.headers,
+        route.headers.as_ref().and_then(|h| h.response.as_ref()),
+    );
+    apply_header_ops(
+        &mut rparts.headers,
+        dest.headers.as_ref().and_then(|h| h.response.as_ref()),
+    );
+    Response::from_parts(rparts, rbody.boxed())
+}
+
+/// A request body as the proxy holds it.
+enum Buffered {
+    Empty,
+    Bytes(Bytes),
+    Stream(Option<Incoming>),
+}
+
+/// Bodies up to this size are kept for retries (Envoy's per-request buffer is similar).
+const RETRY_BUFFER: u64 = 64 * 1024;
+
+impl Buffered {
+    async fn take(body: Incoming, headers: &HeaderMap) -> Result<Buffered, hyper::Error> {
+        if hyper::body::Body::is_end_stream(&body) {
+            return Ok(Buffered::Empty);
+        }
+        let len = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match len {
+            Some(n) if n <= RETRY_BUFFER => Ok(Buffered::Bytes(body.collect().await?.to_bytes())),
+            _ => Ok(Buffered::Stream(Some(body))),
+        }
+    }
+
+    fn bytes(&self) -> Option<Bytes> {
+        match self {
+            Buffered::Empty => Some(Bytes::new()),
+            Buffered::Bytes(b) => Some(b.clone()),
+            Buffered::Stream(_) => None,
+        }
+    }
+
+    /// The body for one attempt; None once a streamed body has been sent.
+    fn for_attempt(&mut self) -> Option<Body> {
+        match self {
+            Buffered::Empty => Some(Empty::new().map_err(|never| match never {}).boxed()),
+            Buffered::Bytes(b) => Some(full_bytes(b.clone())),
+            Buffered::Stream(s) => s.take().map(|b| b.boxed()),
+        }
+    }
+}
+
+/// One request's attempts at a cluster.
+struct Attempt<'a> {
+    upstreams: &'a Upstreams,
+    cluster: &'a Cluster,
+    method: &'a http::Method,
+    path: &'a str,
+    headers: &'a HeaderMap,
+    retry: &'a RetryPolicy,
+    hash: Option<u64>,
+}
+
+impl Attempt<'_> {
+    async fn run(&self, mut body: Buffered) -> Result<Response<Incoming>, Response<Body>> {
+        let c = self.cluster;
+        let client = match c.app {
+            AppProtocol::Http2 => &self.upstreams.h2,
+            _ => &self.upstreams.h1,
+        };
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut last = local_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_healthy_upstream",
+            "no healthy upstream",
+        );
+        for n in 0..=self.retry.attempts {
+            if let Some(max) = c.policy.max_requests {
+                if c.in_flight.load(Ordering::Relaxed) >= max {
+                    return Err(local_reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "upstream_overflow",
+                        "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+                    ));
+                }
             }
-        };
-        let Ok(uri) = Uri::try_from(format!("http://{backend}{path}")) else {
-            return local_reply(StatusCode::BAD_REQUEST, "bad_request", "bad request path");
-        };
-        let mut up = Request::new(attempt_body);
-        *up.method_mut() = parts.method.clone();
-        *up.uri_mut() = uri;
-        *up.headers_mut() = headers.clone();
-        match client.request(up).await {
-            Ok(mut resp) => {
-                fe.used(peer.ip(), *backend);
-                stats.opened();
-                stats.closed(0, 0);
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client_side) = client_upgrade.take() {
-                        let upstream_side = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(splice_upgraded(client_side, upstream_side));
-                        return resp.map(|b| b.boxed());
+            let Some(i) = c.choose(&self.upstreams.health, &tried, self.hash) else {
+                return Err(last);
+            };
+            let addr = c.endpoints[i].addr;
+            tried.push(addr);
+            let Some(attempt_body) = body.for_attempt() else {
+                return Err(last);
+            };
+            let Ok(uri) = Uri::try_from(format!("http://{addr}{}", self.path)) else {
+                return Err(local_reply(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "bad request path",
+                ));
+            };
+            let mut up = Request::new(attempt_body);
+            *up.method_mut() = self.method.clone();
+            *up.uri_mut() = uri;
+            *up.headers_mut() = self.headers.clone();
+            if n > 0 {
+                up.headers_mut().insert(
+                    HeaderName::from_static("x-envoy-attempt-count"),
+                    HeaderValue::from(n + 1),
+                );
+            }
+            c.started(i);
+            c.in_flight.fetch_add(1, Ordering::Relaxed);
+            let sent = client.request(up);
+            let result = match self.retry.per_try_timeout {
+                Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
+                None => Ok(sent.await),
+            };
+            c.finished(i);
+            c.in_flight.fetch_sub(1, Ordering::Relaxed);
+            let more = n < self.retry.attempts && !matches!(body, Buffered::Stream(None));
+            match result {
+                Ok(Ok(resp)) => {
+                    let status = resp.status().as_u16();
+                    self.judge(
+                        addr,
+                        match status {
+                            502..=504 => Outcome::GatewayError,
+                            500..=599 => Outcome::ServerError,
+                            _ => Outcome::Success,
+                        },
+                    );
+                    if more && self.retry.retries(Some(status), true) {
+                        tracing::debug!(cluster = %c.name, endpoint = %addr, status, "retrying");
+                        continue;
+                    }
+                    return Ok(resp);
+                }
+                Ok(Err(e)) => {
+                    let connected = !e.is_connect();
+                    self.judge(addr, Outcome::GatewayError);
+                    let why = error_chain(&e);
+                    tracing::debug!(cluster = %c.name, endpoint = %addr, error = %why, "upstream request failed");
+                    last = local_reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        if connected { "upstream_reset" } else { "upstream_connect_failure" },
+                        &format!("upstream connect error or disconnect/reset before headers. reset reason: {why}"),
+                    );
+                    if !(more && self.retry.retries(None, connected)) {
+                        return Err(last);
                     }
                 }
-                let (mut rparts, rbody) = resp.into_parts();
-                strip_hop_by_hop(&mut rparts.headers);
-                return Response::from_parts(rparts, rbody.boxed());
-            }
-            Err(e) => {
-                last_error = error_chain(&e);
-                tracing::debug!(service = %fe.service, %backend, error = %last_error, "upstream request failed");
-                if !e.is_connect() {
-                    break;
+                Err(()) => {
+                    self.judge(addr, Outcome::GatewayError);
+                    last = local_reply(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream_request_timeout",
+                        "upstream request timeout",
+                    );
+                    if !(more
+                        && (self.retry.on_5xx
+                            || self.retry.on_gateway_error
+                            || self.retry.on_reset))
+                    {
+                        return Err(last);
+                    }
                 }
             }
         }
+        Err(last)
     }
-    stats.refused();
-    local_reply(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "upstream_connect_failure",
-        &format!(
-            "upstream connect error or disconnect/reset before headers. reset reason: {last_error}"
-        ),
-    )
+
+    fn judge(&self, addr: SocketAddr, outcome: Outcome) {
+        if let Some(settings) = &self.cluster.policy.outlier {
+            self.upstreams.health.record(
+                &self.cluster.name,
+                self.cluster.endpoints.len(),
+                addr,
+                outcome,
+                settings,
+            );
+        }
+    }
+}
+
+/// Delays or aborts a share of requests, as the route's fault asks.
+async fn inject_fault(route: &Route) -> Option<Response<Body>> {
+    let fault = route.fault.as_ref()?;
+    if let Some(d) = &fault.delay {
+        let pct = d
+            .percentage
+            .as_ref()
+            .map(|p| p.value)
+            .or(d.percent)
+            .unwrap_or(100.0);
+        if let Some(t) = d
+            .fixed_delay
+            .as_deref()
+            .and_then(crate::mesh::config::parse_duration)
+        {
+            if chance(pct) {
+                tokio::time::sleep(t).await;
+            }
+        }
+    }
+    if let Some(a) = &fault.abort {
+        let pct = a.percentage.as_ref().map(|p| p.value).unwrap_or(100.0);
+        if let Some(status) = a.http_status.and_then(|s| StatusCode::from_u16(s).ok()) {
+            if chance(pct) {
+                return Some(local_reply(status, "fault_injected", "fault filter abort"));
+            }
+        }
+    }
+    None
+}
+
+fn redirect(r: &crate::mesh::config::Redirect, uri: &Uri, authority: &str) -> Response<Body> {
+    let scheme = r.scheme.as_deref().unwrap_or("http");
+    let host = r.authority.as_deref().unwrap_or(authority);
+    let host = match r.port {
+        Some(p) => format!("{}:{p}", host.split(':').next().unwrap_or(host)),
+        None => host.to_string(),
+    };
+    let path = r.uri.clone().unwrap_or_else(|| {
+        uri.path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "/".into())
+    });
+    let mut resp = Response::new(full(String::new()));
+    *resp.status_mut() = StatusCode::from_u16(r.redirect_code.unwrap_or(301))
+        .unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    if let Ok(v) = HeaderValue::from_str(&format!("{scheme}://{host}{path}")) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// The path sent upstream: a `rewrite.uri` replaces the matched prefix (or the whole
+/// path when the match was not a prefix); the query is kept.
+fn rewritten_path(
+    uri: &Uri,
+    rewrite: Option<&crate::mesh::config::Rewrite>,
+    matched: Option<&crate::mesh::routing::Match>,
+) -> String {
+    let path = uri.path();
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let Some(new) = rewrite.and_then(|r| r.uri.as_deref()) else {
+        return format!("{path}{query}");
+    };
+    let rest = matched
+        .and_then(|m| m.uri_prefix.as_deref())
+        .and_then(|p| path.strip_prefix(p))
+        .unwrap_or("");
+    let mut joined = format!("{new}{rest}");
+    if joined.is_empty() {
+        joined.push('/');
+    }
+    format!("{joined}{query}")
+}
+
+/// Sends a copy of the request to the mirror cluster and forgets it, as Envoy's shadowing
+/// does (its Host gets a `-shadow` suffix).
+fn mirror_request(
+    upstreams: &Upstreams,
+    cluster: Arc<Cluster>,
+    method: &http::Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) {
+    let Some(i) = cluster.choose(&upstreams.health, &[], None) else {
+        return;
+    };
+    let Ok(uri) = Uri::try_from(format!("http://{}{path}", cluster.endpoints[i].addr)) else {
+        return;
+    };
+    let mut req = Request::new(full_bytes(body));
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = uri;
+    *req.headers_mut() = headers.clone();
+    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        let shadow = match host.split_once(':') {
+            Some((h, p)) => format!("{h}-shadow:{p}"),
+            None => format!("{host}-shadow"),
+        };
+        if let Ok(v) = HeaderValue::from_str(&shadow) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    let client = match cluster.app {
+        AppProtocol::Http2 => upstreams.h2.clone(),
+        _ => upstreams.h1.clone(),
+    };
+    tokio::spawn(async move {
+        if let Ok(resp) = client.request(req).await {
+            let _ = resp.into_body().collect().await;
+        }
+    });
+}
+
+/// The consistent-hash input of a request, when the cluster hashes.
+fn hash_input(
+    c: &Cluster,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    peer: SocketAddr,
+) -> Option<u64> {
+    let key: String = match c.policy.hash.as_ref()? {
+        HashOn::Header(h) => headers.get(h.as_str())?.to_str().ok()?.to_string(),
+        HashOn::Query(q) => crate::mesh::routing::query_param(query, q)?,
+        HashOn::Cookie(name) => headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|kv| {
+                let (k, v) = kv.trim().split_once('=')?;
+                (k == name).then(|| v.to_string())
+            })?,
+        HashOn::SourceIp => peer.ip().to_string(),
+    };
+    Some(key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    }))
 }
 
 /// Copies bytes both ways between an upgraded client connection and its endpoint.
@@ -260,13 +645,17 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+fn full(body: String) -> Body {
+    full_bytes(Bytes::from(body))
+}
+
+fn full_bytes(body: Bytes) -> Body {
+    Full::new(body).map_err(|never| match never {}).boxed()
+}
+
 /// A reply made by the proxy itself.
 pub fn local_reply(status: StatusCode, reason: &'static str, body: &str) -> Response<Body> {
-    let mut r = Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
+    let mut r = Response::new(full(body.to_string()));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));

@@ -8,6 +8,7 @@ pub mod frontends;
 pub mod http;
 pub mod listeners;
 mod local_ips;
+pub mod mesh;
 pub mod stats;
 mod tcp;
 #[doc(hidden)]
@@ -60,6 +61,7 @@ pub async fn run(
     let node = NodeAddrs {
         node_ip: cfg.node_ip,
         skip: cfg.cluster_dns.into_iter().collect(),
+        domain: cfg.cluster_domain.clone(),
     };
     let mut shutdown = std::pin::pin!(shutdown);
     // The first view arrives once both lists are in; until then nothing is bound.

@@ -38,6 +38,7 @@ pub fn named_service(
             ready: true,
             serving: true,
             terminating: false,
+            labels: Default::default(),
             ports: Arc::new(vec![EndpointPort {
                 name: port_name.into(),
                 protocol,

@@ -4,7 +4,7 @@
 //! change never touches a connection already running.
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::runtime::reflector::{self, Store};
@@ -86,6 +86,8 @@ pub struct Endpoint {
     pub serving: bool,
     pub terminating: bool,
     pub ports: Arc<Vec<EndpointPort>>,
+    /// The labels of the pod behind it (DestinationRule subsets select on them).
+    pub labels: Arc<BTreeMap<String, String>>,
 }
 
 impl Endpoint {
@@ -113,11 +115,29 @@ pub struct ServiceInfo {
     pub endpoints: Vec<Endpoint>,
 }
 
+/// An Istio resource as the proxy keeps it: where it lives, when it was made (the oldest
+/// wins when two claim the same host, as in Istio) and its parsed spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeshResource<S> {
+    pub namespace: String,
+    pub name: String,
+    pub created: String,
+    pub spec: S,
+}
+
+pub type VirtualService = MeshResource<crate::mesh::config::VirtualServiceSpec>;
+pub type DestinationRule = MeshResource<crate::mesh::config::DestinationRuleSpec>;
+
 /// Everything the proxy and DNS answer from, at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterView {
     pub services: BTreeMap<ServiceKey, ServiceInfo>,
+    pub virtual_services: Vec<Arc<VirtualService>>,
+    pub destination_rules: Vec<Arc<DestinationRule>>,
 }
+
+/// Pod labels by "namespace/name".
+pub type PodLabels = std::collections::HashMap<String, Arc<BTreeMap<String, String>>>;
 
 impl ClusterView {
     pub fn service(&self, namespace: &str, name: &str) -> Option<&ServiceInfo> {
@@ -132,6 +152,15 @@ impl ClusterView {
     pub fn build<'a>(
         services: impl IntoIterator<Item = &'a Service>,
         slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    ) -> ClusterView {
+        Self::build_with(services, slices, &PodLabels::new())
+    }
+
+    /// As [`ClusterView::build`], with each endpoint's pod labels looked up in `pods`.
+    pub fn build_with<'a>(
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        pods: &PodLabels,
     ) -> ClusterView {
         let mut by_service: BTreeMap<ServiceKey, Vec<Endpoint>> = BTreeMap::new();
         for slice in slices {
@@ -172,17 +201,22 @@ impl ClusterView {
                 if addresses.is_empty() {
                     continue;
                 }
+                let target = ep.target_ref.as_ref().and_then(|r| {
+                    Some(format!(
+                        "{}/{}",
+                        r.namespace.clone().unwrap_or_default(),
+                        r.name.clone()?
+                    ))
+                });
                 list.push(Endpoint {
                     addresses,
                     hostname: ep.hostname.clone(),
                     node_name: ep.node_name.clone(),
-                    target: ep.target_ref.as_ref().and_then(|r| {
-                        Some(format!(
-                            "{}/{}",
-                            r.namespace.clone().unwrap_or_default(),
-                            r.name.clone()?
-                        ))
-                    }),
+                    labels: target
+                        .as_ref()
+                        .and_then(|t| pods.get(t).cloned())
+                        .unwrap_or_default(),
+                    target,
                     ready,
                     serving,
                     terminating,
@@ -267,22 +301,57 @@ fn service_info(
     })
 }
 
-/// Watches Services and EndpointSlices and publishes a new [`ClusterView`] after every
-/// burst of changes. The first view is published only once both lists have arrived, so a
-/// restart never briefly answers from an empty cluster.
+/// Watches Services, EndpointSlices, pod labels and the mesh's Istio resources and
+/// publishes a new [`ClusterView`] after every burst of changes. The first view is
+/// published only once Services, slices and pods have been listed, so a restart never
+/// briefly answers from an empty cluster. The Istio kinds are optional: without their
+/// CRDs the view simply has none.
 pub fn watch_cluster(client: Client) -> (watch::Receiver<Arc<ClusterView>>, impl FnOnce()) {
     let (tx, rx) = watch::channel(Arc::new(ClusterView::default()));
     let changed = Arc::new(Notify::new());
     let (services, svc_task) = reflect::<Service>(client.clone(), changed.clone());
-    let (slices, slice_task) = reflect::<EndpointSlice>(client, changed.clone());
+    let (slices, slice_task) = reflect::<EndpointSlice>(client.clone(), changed.clone());
+    let (pods, pod_task) = reflect_pod_labels(client.clone(), changed.clone());
+    let (vss, vs_task) = reflect_istio(
+        client.clone(),
+        "VirtualService",
+        "virtualservices",
+        changed.clone(),
+    );
+    let (drs, dr_task) = reflect_istio(
+        client,
+        "DestinationRule",
+        "destinationrules",
+        changed.clone(),
+    );
     let builder = tokio::spawn(async move {
-        if services.wait_until_ready().await.is_err() || slices.wait_until_ready().await.is_err() {
+        if services.wait_until_ready().await.is_err()
+            || slices.wait_until_ready().await.is_err()
+            || pods.wait_until_ready().await.is_err()
+        {
             return;
         }
+        for store in [&vss, &drs] {
+            let _ = tokio::time::timeout(Duration::from_secs(2), store.wait_until_ready()).await;
+        }
         loop {
+            let labels: PodLabels = pods
+                .state()
+                .iter()
+                .map(|p| {
+                    let key = format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());
+                    (key, Arc::new(p.labels().clone()))
+                })
+                .collect();
             let svcs = services.state();
             let eps = slices.state();
-            let view = ClusterView::build(svcs.iter().map(|s| &**s), eps.iter().map(|s| &**s));
+            let mut view = ClusterView::build_with(
+                svcs.iter().map(|s| &**s),
+                eps.iter().map(|s| &**s),
+                &labels,
+            );
+            view.virtual_services = parse_istio(&vss.state());
+            view.destination_rules = parse_istio(&drs.state());
             if tx.send(Arc::new(view)).is_err() {
                 return;
             }
@@ -291,11 +360,102 @@ pub fn watch_cluster(client: Client) -> (watch::Receiver<Arc<ClusterView>>, impl
         }
     });
     let stop = move || {
-        svc_task.abort();
-        slice_task.abort();
+        for t in [svc_task, slice_task, pod_task, vs_task, dr_task] {
+            t.abort();
+        }
         builder.abort();
     };
     (rx, stop)
+}
+
+/// Parses Istio objects, skipping (and logging once per change) those that do not parse.
+fn parse_istio<S: serde::de::DeserializeOwned>(
+    objs: &[Arc<kube::core::DynamicObject>],
+) -> Vec<Arc<MeshResource<S>>> {
+    let mut out: Vec<Arc<MeshResource<S>>> = objs
+        .iter()
+        .filter_map(|o| {
+            let spec = o.data.get("spec").cloned().unwrap_or_default();
+            match serde_json::from_value::<S>(spec) {
+                Ok(spec) => Some(Arc::new(MeshResource {
+                    namespace: o.namespace().unwrap_or_default(),
+                    name: o.name_any(),
+                    created: o
+                        .metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .map(|t| t.0.to_string())
+                        .unwrap_or_default(),
+                    spec,
+                })),
+                Err(e) => {
+                    tracing::warn!(namespace = ?o.namespace(), name = %o.name_any(), error = %e,
+                        "ignoring an Istio resource the proxy cannot read");
+                    None
+                }
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (&a.created, &a.namespace, &a.name).cmp(&(&b.created, &b.namespace, &b.name))
+    });
+    out
+}
+
+fn reflect_istio(
+    client: Client,
+    kind: &str,
+    plural: &str,
+    changed: Arc<Notify>,
+) -> (
+    Store<kube::core::DynamicObject>,
+    tokio::task::JoinHandle<()>,
+) {
+    let gvk = kube::core::GroupVersionKind::gvk("networking.istio.io", "v1", kind);
+    let ar = kube::core::ApiResource::from_gvk_with_plural(&gvk, plural);
+    let writer = reflector::store::Writer::new(ar.clone());
+    let reader = writer.as_reader();
+    let api: Api<kube::core::DynamicObject> = Api::all_with(client, &ar);
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    );
+    (reader, spawn_drain(stream, changed))
+}
+
+/// Pod metadata only: the proxy needs pod labels, not specs.
+fn reflect_pod_labels(
+    client: Client,
+    changed: Arc<Notify>,
+) -> (
+    Store<kube::core::PartialObjectMeta<Pod>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (reader, writer) = reflector::store();
+    // An Api of PartialObjectMeta asks the server for metadata only.
+    let api: Api<kube::core::PartialObjectMeta<Pod>> = Api::all(client);
+    let stream = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    );
+    (reader, spawn_drain(stream, changed))
+}
+
+fn spawn_drain<K, S>(stream: S, changed: Arc<Notify>) -> tokio::task::JoinHandle<()>
+where
+    K: Send + 'static,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
+                Ok(_) => changed.notify_one(),
+                Err(e) => tracing::debug!(error = %e, "proxy watch error; retrying"),
+            }
+        }
+    })
 }
 
 fn reflect<K>(client: Client, changed: Arc<Notify>) -> (Store<K>, tokio::task::JoinHandle<()>)
@@ -314,17 +474,7 @@ where
         writer,
         watcher(api, watcher::Config::default()).default_backoff(),
     );
-    let task = tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
-                Ok(_) => changed.notify_one(),
-                Err(e) => tracing::debug!(error = %e, "proxy watch error; retrying"),
-            }
-        }
-    });
-    (reader, task)
+    (reader, spawn_drain(stream, changed))
 }
 
 #[cfg(test)]

@@ -64,6 +64,7 @@ impl Proxy {
         let node = NodeAddrs {
             node_ip: "127.0.0.1".parse().unwrap(),
             skip: vec![],
+            domain: "cluster.local".into(),
         };
         let fe = Arc::new(Frontends::build(view, &node, &self.tx.borrow()));
         self.tx.send_replace(fe.clone());

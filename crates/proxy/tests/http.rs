@@ -68,6 +68,7 @@ fn proxy(frontend: SocketAddr, backends: &[SocketAddr]) -> Proxy {
     let node = NodeAddrs {
         node_ip: "127.0.0.1".parse().unwrap(),
         skip: vec![],
+        domain: "cluster.local".into(),
     };
     let fe = Arc::new(Frontends::build(&view, &node, &Frontends::default()));
     tx.send_replace(fe.clone());

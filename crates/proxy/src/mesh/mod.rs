@@ -1,0 +1,5 @@
+//! The mesh: Istio's traffic resources as the node proxy applies them to HTTP requests.
+
+pub mod config;
+pub mod outlier;
+pub mod routing;
