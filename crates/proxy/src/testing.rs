@@ -70,3 +70,62 @@ pub fn named_service(
     );
     view
 }
+
+/// A pod behind a Service in [`mesh_view`]: its address and labels.
+pub struct Pod<'a> {
+    pub addr: SocketAddr,
+    pub labels: &'a [(&'a str, &'a str)],
+}
+
+/// A view with Service `test/svc` (HTTP port `http` at `frontend`) over `pods`, plus the
+/// given VirtualService and DestinationRule specs (as Istio YAML, in JSON).
+pub fn mesh_view(
+    frontend: SocketAddr,
+    pods: &[Pod],
+    virtual_service: Option<serde_json::Value>,
+    destination_rule: Option<serde_json::Value>,
+) -> ClusterView {
+    let mut view = named_service(frontend, Protocol::Tcp, "http", &[]);
+    let svc = view.services.values_mut().next().expect("one service");
+    for p in pods {
+        svc.endpoints.push(Endpoint {
+            addresses: vec![p.addr.ip()],
+            hostname: None,
+            node_name: None,
+            target: Some(format!("test/pod-{}", p.addr.port())),
+            ready: true,
+            serving: true,
+            terminating: false,
+            labels: Arc::new(
+                p.labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ports: Arc::new(vec![EndpointPort {
+                name: "http".into(),
+                protocol: Protocol::Tcp,
+                port: p.addr.port(),
+            }]),
+        });
+    }
+    fn resource<S>(spec: S) -> crate::view::MeshResource<S> {
+        crate::view::MeshResource {
+            namespace: "test".into(),
+            name: "r".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+            spec,
+        }
+    }
+    if let Some(vs) = virtual_service {
+        view.virtual_services = vec![Arc::new(resource(
+            serde_json::from_value(vs).expect("a VirtualService spec"),
+        ))];
+    }
+    if let Some(dr) = destination_rule {
+        view.destination_rules = vec![Arc::new(resource(
+            serde_json::from_value(dr).expect("a DestinationRule spec"),
+        ))];
+    }
+    view
+}
