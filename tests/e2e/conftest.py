@@ -282,12 +282,14 @@ class Node:
         self.cidr = f"10.244.{self.n}.0/24"
         self.node_name = f"corral-test-{self.n}-{uuid.uuid4().hex[:6]}"
         self.kubelet_port = free_port()
+        self.metrics_port = free_port()
         self.server = Server(
             extra_args=[
                 "--node-name", self.node_name,
                 "--bridge", self.bridge,
                 "--pod-cidr", self.cidr,
                 "--kubelet-port", str(self.kubelet_port),
+                "--proxy-metrics-port", str(self.metrics_port),
             ] + list(extra_args)
         )
         self.data_dir = self.server.data_dir

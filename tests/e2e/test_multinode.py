@@ -151,6 +151,7 @@ class Cluster:
                 "--pod-cidr", f"10.244.{self.n}.0/24",
                 "--node-ip", self.netns.host_ip,
                 "--kubelet-port", str(free_port()),
+                "--proxy-metrics-port", str(free_port()),
                 "--node-monitor-grace-period", f"{GRACE}s",
             ],
         )

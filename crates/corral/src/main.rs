@@ -271,6 +271,10 @@ struct NodeArgs {
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// Port of the proxy's Istio metrics (/stats/prometheus) on the node's address; 0
+    /// serves none.
+    #[arg(long, default_value_t = 15020)]
+    proxy_metrics_port: u16,
 }
 
 fn hostname() -> String {
@@ -305,9 +309,12 @@ impl NodeArgs {
         if self.disable_proxy {
             return None;
         }
+        let node_ip = self.node_ip.unwrap_or_else(corral_agent::detect_node_ip);
         let cfg = corral_proxy::ProxyConfig {
             node_name: self.node_name.clone().unwrap_or_else(hostname),
-            node_ip: self.node_ip.unwrap_or_else(corral_agent::detect_node_ip),
+            node_ip,
+            metrics_addr: (self.proxy_metrics_port != 0)
+                .then(|| SocketAddr::new(node_ip, self.proxy_metrics_port)),
             state_dir: data_dir.join("proxy"),
             cluster_dns,
             cluster_domain: self.cluster_domain.clone(),
@@ -532,7 +539,6 @@ async fn server(args: ServerArgs) -> Result<()> {
             service_prefix: args.service_cidr.len,
             ..Default::default()
         },
-        ..Default::default()
     };
     let state = corral_api::start(store.clone(), config, stop_rx.clone())
         .await

@@ -122,6 +122,10 @@ pub struct Frontends {
     pub clusters: HashMap<crate::mesh::routing::ClusterKey, Arc<crate::mesh::routing::Cluster>>,
     /// Cluster IPs to put on `lo`.
     pub local_ips: BTreeSet<Ipv4Addr>,
+    /// Every endpoint's workload by address, for telemetry.
+    pub workloads: Arc<crate::telemetry::Workloads>,
+    /// The cluster domain, for telemetry's service names.
+    pub domain: String,
 }
 
 /// Where this node answers NodePorts and LoadBalancer ports.
@@ -208,6 +212,18 @@ impl Frontends {
             }
         }
         out.clusters = compiler.clusters;
+        let mut workloads = crate::telemetry::Workloads::new();
+        for svc in view.services.values() {
+            for e in &svc.endpoints {
+                if let Some(w) = &e.workload {
+                    for a in &e.addresses {
+                        workloads.insert(*a, w.clone());
+                    }
+                }
+            }
+        }
+        out.workloads = Arc::new(workloads);
+        out.domain = node.domain.clone();
         out
     }
 }
@@ -249,6 +265,7 @@ mod tests {
             serving,
             terminating,
             labels: Default::default(),
+            workload: None,
             ports: Arc::new(vec![EndpointPort {
                 name: "http".into(),
                 protocol: Protocol::Tcp,

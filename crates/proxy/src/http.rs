@@ -12,6 +12,7 @@ use crate::mesh::routing::{
     apply_header_ops, chance, Action, Cluster, HashOn, RequestInfo, RetryPolicy, Route,
 };
 use crate::stats::Stats;
+use crate::telemetry::{RequestContext, ServedBy, Telemetry};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
@@ -74,6 +75,7 @@ pub async fn serve(
     table: watch::Receiver<Arc<Frontends>>,
     upstreams: Arc<Upstreams>,
     stats: Arc<Stats>,
+    telemetry: Arc<Telemetry>,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -86,11 +88,31 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let (table, upstreams, stats) = (table.clone(), upstreams.clone(), stats.clone());
+        let telemetry = telemetry.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let fe = table.borrow().by_listen.get(&listen).cloned();
+                let (fe, workloads, domain) = {
+                    let t = table.borrow();
+                    let fe = t.by_listen.get(&listen).cloned();
+                    (fe, t.workloads.clone(), t.domain.clone())
+                };
                 let (upstreams, stats) = (upstreams.clone(), stats.clone());
-                async move { Ok::<_, Infallible>(handle(req, fe, peer, &upstreams, &stats).await) }
+                let telemetry = telemetry.clone();
+                async move {
+                    let started = std::time::Instant::now();
+                    let resp = handle(req, fe.clone(), peer, &upstreams, &stats).await;
+                    if let Some(fe) = &fe {
+                        let ctx = RequestContext {
+                            workloads: &workloads,
+                            peer: peer.ip(),
+                            service: &fe.service,
+                            domain: &domain,
+                            protocol: "http",
+                        };
+                        telemetry.record_http(&ctx, &resp, started.elapsed());
+                    }
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -370,7 +392,8 @@ impl Attempt<'_> {
             c.in_flight.fetch_sub(1, Ordering::Relaxed);
             let more = n < self.retry.attempts && !matches!(body, Buffered::Stream(None));
             match result {
-                Ok(Ok(resp)) => {
+                Ok(Ok(mut resp)) => {
+                    resp.extensions_mut().insert(ServedBy(addr.ip()));
                     let status = resp.status().as_u16();
                     self.judge(
                         addr,

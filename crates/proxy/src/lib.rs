@@ -11,6 +11,7 @@ mod local_ips;
 pub mod mesh;
 pub mod stats;
 mod tcp;
+pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
 mod udp;
@@ -38,6 +39,8 @@ pub struct ProxyConfig {
     pub cluster_dns: Option<IpAddr>,
     /// The cluster's DNS domain (`cluster.local`).
     pub cluster_domain: String,
+    /// Where the proxy serves its Istio metrics (`/stats/prometheus`); None: nowhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Where names outside the cluster domain are forwarded (host:port); empty means the
     /// nameservers of the host's /etc/resolv.conf.
     pub dns_upstreams: Vec<std::net::SocketAddr>,
@@ -70,6 +73,17 @@ pub async fn run(
         r = views.changed() => if r.is_err() { stop_watch(); return; }
     }
     tracing::info!(node = %cfg.node_name, node_ip = %cfg.node_ip, "service proxy running");
+    let metrics = cfg.metrics_addr.and_then(|addr| match tcp::bind(addr) {
+        Ok(l) => Some(tokio::spawn(telemetry::serve(
+            l,
+            listeners.telemetry.clone(),
+        ))),
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "cannot serve the proxy's metrics");
+            None
+        }
+    });
+
     loop {
         let view = views.borrow_and_update().clone();
         let started = std::time::Instant::now();
@@ -90,6 +104,9 @@ pub async fn run(
         }
     }
     listeners.stop_all();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     ips.reconcile(&Default::default());
     stop_watch();
 }

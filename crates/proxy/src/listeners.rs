@@ -18,6 +18,7 @@ pub struct Listeners {
     table: watch::Receiver<Arc<Frontends>>,
     upstreams: Arc<http::Upstreams>,
     stats: Arc<Stats>,
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 impl Listeners {
@@ -28,6 +29,7 @@ impl Listeners {
             table,
             upstreams: Arc::new(http::Upstreams::new()),
             stats,
+            telemetry: Default::default(),
         }
     }
 
@@ -80,11 +82,15 @@ impl Listeners {
             _ if app != AppProtocol::Tcp => {
                 let listener = tcp::bind(listen.addr)?;
                 let upstreams = self.upstreams.clone();
-                tokio::spawn(http::serve(listener, listen, table, upstreams, stats))
+                let telemetry = self.telemetry.clone();
+                tokio::spawn(http::serve(
+                    listener, listen, table, upstreams, stats, telemetry,
+                ))
             }
             _ => {
                 let listener = tcp::bind(listen.addr)?;
-                tokio::spawn(tcp::serve(listener, listen, table, stats))
+                let telemetry = self.telemetry.clone();
+                tokio::spawn(tcp::serve(listener, listen, table, stats, telemetry))
             }
         })
     }

@@ -4,6 +4,7 @@
 
 use crate::frontends::{Frontend, Frontends, Listen};
 use crate::stats::Stats;
+use crate::telemetry::{Labels, Telemetry, Workloads};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub async fn serve(
     listen: Listen,
     table: watch::Receiver<Arc<Frontends>>,
     stats: Arc<Stats>,
+    telemetry: Arc<Telemetry>,
 ) {
     loop {
         let (client, peer) = match listener.accept().await {
@@ -45,18 +47,43 @@ pub async fn serve(
                 continue;
             }
         };
-        let frontend = table.borrow().by_listen.get(&listen).cloned();
+        let (frontend, workloads, domain) = {
+            let t = table.borrow();
+            let fe = t.by_listen.get(&listen).cloned();
+            (fe, t.workloads.clone(), t.domain.clone())
+        };
         let stats = stats.clone();
+        let telemetry = telemetry.clone();
         tokio::spawn(async move {
             match frontend {
-                Some(fe) => proxy(client, peer, fe, &stats).await,
+                Some(fe) => {
+                    let t = TcpTelemetry {
+                        telemetry: &telemetry,
+                        workloads: &workloads,
+                        domain: &domain,
+                    };
+                    proxy(client, peer, fe, &stats, t).await
+                }
                 None => refuse(client),
             }
         });
     }
 }
 
-async fn proxy(mut client: TcpStream, peer: SocketAddr, fe: Arc<Frontend>, stats: &Stats) {
+/// Where a connection's istio_tcp_* counts go.
+struct TcpTelemetry<'a> {
+    telemetry: &'a Telemetry,
+    workloads: &'a Workloads,
+    domain: &'a str,
+}
+
+async fn proxy(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    fe: Arc<Frontend>,
+    stats: &Stats,
+    t: TcpTelemetry<'_>,
+) {
     let _ = client.set_nodelay(true);
     let Some((mut upstream, backend)) = connect(&fe, peer).await else {
         stats.refused();
@@ -67,10 +94,21 @@ async fn proxy(mut client: TcpStream, peer: SocketAddr, fe: Arc<Frontend>, stats
     };
     fe.used(peer.ip(), backend);
     stats.opened();
+    let labels = Labels::new(
+        t.workloads.get(&peer.ip()).map(|w| &**w),
+        t.workloads.get(&backend.ip()).map(|w| &**w),
+        &fe.service,
+        t.domain,
+        "tcp",
+    );
+    t.telemetry.tcp_opened.get_or_create(&labels).inc();
     let _ = upstream.set_nodelay(true);
     let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     let (up, down) = copied.unwrap_or((0, 0));
     stats.closed(up, down);
+    t.telemetry.tcp_sent.get_or_create(&labels).inc_by(up);
+    t.telemetry.tcp_received.get_or_create(&labels).inc_by(down);
+    t.telemetry.tcp_closed.get_or_create(&labels).inc();
 }
 
 /// Connects to the frontend's endpoints in the order it prefers, moving on when one

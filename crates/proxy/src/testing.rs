@@ -39,6 +39,7 @@ pub fn named_service(
             serving: true,
             terminating: false,
             labels: Default::default(),
+            workload: None,
             ports: Arc::new(vec![EndpointPort {
                 name: port_name.into(),
                 protocol,
@@ -96,6 +97,7 @@ pub fn mesh_view(
             ready: true,
             serving: true,
             terminating: false,
+            workload: None,
             labels: Arc::new(
                 p.labels
                     .iter()

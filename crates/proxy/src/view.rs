@@ -88,6 +88,8 @@ pub struct Endpoint {
     pub ports: Arc<Vec<EndpointPort>>,
     /// The labels of the pod behind it (DestinationRule subsets select on them).
     pub labels: Arc<BTreeMap<String, String>>,
+    /// The pod's workload, for telemetry.
+    pub workload: Option<Arc<crate::telemetry::Workload>>,
 }
 
 impl Endpoint {
@@ -136,8 +138,15 @@ pub struct ClusterView {
     pub destination_rules: Vec<Arc<DestinationRule>>,
 }
 
-/// Pod labels by "namespace/name".
-pub type PodLabels = std::collections::HashMap<String, Arc<BTreeMap<String, String>>>;
+/// What the proxy knows of a pod from its metadata.
+#[derive(Clone, Debug, Default)]
+pub struct PodMeta {
+    pub labels: Arc<BTreeMap<String, String>>,
+    pub workload: Arc<crate::telemetry::Workload>,
+}
+
+/// Pod metadata by "namespace/name".
+pub type PodLabels = std::collections::HashMap<String, PodMeta>;
 
 impl ClusterView {
     pub fn service(&self, namespace: &str, name: &str) -> Option<&ServiceInfo> {
@@ -208,14 +217,13 @@ impl ClusterView {
                         r.name.clone()?
                     ))
                 });
+                let meta = target.as_ref().and_then(|t| pods.get(t));
                 list.push(Endpoint {
                     addresses,
                     hostname: ep.hostname.clone(),
                     node_name: ep.node_name.clone(),
-                    labels: target
-                        .as_ref()
-                        .and_then(|t| pods.get(t).cloned())
-                        .unwrap_or_default(),
+                    labels: meta.map(|m| m.labels.clone()).unwrap_or_default(),
+                    workload: meta.map(|m| m.workload.clone()),
                     target,
                     ready,
                     serving,
@@ -339,8 +347,32 @@ pub fn watch_cluster(client: Client) -> (watch::Receiver<Arc<ClusterView>>, impl
                 .state()
                 .iter()
                 .map(|p| {
-                    let key = format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());
-                    (key, Arc::new(p.labels().clone()))
+                    let (ns, name) = (p.namespace().unwrap_or_default(), p.name_any());
+                    let owners: Vec<(String, String)> = p
+                        .owner_references()
+                        .iter()
+                        .filter(|o| o.controller == Some(true))
+                        .map(|o| (o.kind.clone(), o.name.clone()))
+                        .collect();
+                    let labels = p.labels();
+                    let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+                    let workload = crate::telemetry::Workload {
+                        name: crate::telemetry::workload_name(&name, &owners),
+                        namespace: ns.clone(),
+                        app: labels
+                            .get("app.kubernetes.io/name")
+                            .cloned()
+                            .unwrap_or_else(|| label("app")),
+                        version: labels
+                            .get("app.kubernetes.io/version")
+                            .cloned()
+                            .unwrap_or_else(|| label("version")),
+                    };
+                    let meta = PodMeta {
+                        labels: Arc::new(labels.clone()),
+                        workload: Arc::new(workload),
+                    };
+                    (format!("{ns}/{name}"), meta)
                 })
                 .collect();
             let svcs = services.state();
