@@ -126,6 +126,36 @@ pub struct Frontends {
     pub workloads: Arc<crate::telemetry::Workloads>,
     /// The cluster domain, for telemetry's service names.
     pub domain: String,
+    /// AuthorizationPolicies, and the pods they are judged against, by address.
+    pub authz: Arc<crate::mesh::authz::Authz>,
+    pub pods_by_ip: Arc<HashMap<IpAddr, Arc<crate::pods::PodMeta>>>,
+}
+
+impl Frontends {
+    /// Judges a request or connection from `source_ip` to the endpoint at `dest_ip`;
+    /// endpoints that are not pods of this cluster are not judged.
+    pub fn authorize(
+        &self,
+        source_ip: IpAddr,
+        dest_ip: IpAddr,
+        port: u16,
+        http: Option<crate::mesh::authz::HttpParts>,
+    ) -> crate::mesh::authz::Decision {
+        use crate::mesh::authz::{Decision, Request};
+        if self.authz.is_empty() {
+            return Decision::Allow;
+        }
+        let Some(destination) = self.pods_by_ip.get(&dest_ip) else {
+            return Decision::Allow;
+        };
+        self.authz.decide(&Request {
+            source_ip,
+            source: self.pods_by_ip.get(&source_ip).map(|p| &**p),
+            destination,
+            port,
+            http,
+        })
+    }
 }
 
 /// Where this node answers NodePorts and LoadBalancer ports.
@@ -222,8 +252,16 @@ impl Frontends {
                 }
             }
         }
+        for (ip, pod) in view.pods_by_ip.iter() {
+            workloads.entry(*ip).or_insert_with(|| pod.workload.clone());
+        }
         out.workloads = Arc::new(workloads);
         out.domain = node.domain.clone();
+        out.authz = Arc::new(crate::mesh::authz::Authz::new(
+            &view.authorization_policies,
+            &node.domain,
+        ));
+        out.pods_by_ip = view.pods_by_ip.clone();
         out
     }
 }

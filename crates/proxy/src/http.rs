@@ -7,6 +7,7 @@
 //! whose body and `x-corral-reason` header say why, as Envoy's response flags do.
 
 use crate::frontends::{AppProtocol, Frontend, Frontends, Listen};
+use crate::mesh::authz::{Decision, HttpParts};
 use crate::mesh::outlier::{Outcome, Registry};
 use crate::mesh::routing::{
     apply_header_ops, chance, Action, Cluster, HashOn, RequestInfo, RetryPolicy, Route,
@@ -91,22 +92,19 @@ pub async fn serve(
         let telemetry = telemetry.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let (fe, workloads, domain) = {
-                    let t = table.borrow();
-                    let fe = t.by_listen.get(&listen).cloned();
-                    (fe, t.workloads.clone(), t.domain.clone())
-                };
+                let frontends = table.borrow().clone();
+                let fe = frontends.by_listen.get(&listen).cloned();
                 let (upstreams, stats) = (upstreams.clone(), stats.clone());
                 let telemetry = telemetry.clone();
                 async move {
                     let started = std::time::Instant::now();
-                    let resp = handle(req, fe.clone(), peer, &upstreams, &stats).await;
+                    let resp = handle(req, fe.clone(), &frontends, peer, &upstreams, &stats).await;
                     if let Some(fe) = &fe {
                         let ctx = RequestContext {
-                            workloads: &workloads,
+                            workloads: &frontends.workloads,
                             peer: peer.ip(),
                             service: &fe.service,
-                            domain: &domain,
+                            domain: &frontends.domain,
                             protocol: "http",
                         };
                         telemetry.record_http(&ctx, &resp, started.elapsed());
@@ -124,6 +122,7 @@ pub async fn serve(
 async fn handle(
     req: Request<Incoming>,
     fe: Option<Arc<Frontend>>,
+    frontends: &Frontends,
     peer: SocketAddr,
     upstreams: &Upstreams,
     stats: &Stats,
@@ -232,6 +231,9 @@ async fn handle(
     let hash = hash_input(&cluster, &headers, parts.uri.query(), peer);
     let attempt = Attempt {
         upstreams,
+        frontends,
+        peer,
+        port: fe.service_port,
         cluster: &cluster,
         method: &parts.method,
         path: &path,
@@ -325,6 +327,9 @@ impl Buffered {
 /// One request's attempts at a cluster.
 struct Attempt<'a> {
     upstreams: &'a Upstreams,
+    frontends: &'a Frontends,
+    peer: SocketAddr,
+    port: u16,
     cluster: &'a Cluster,
     method: &'a http::Method,
     path: &'a str,
@@ -361,6 +366,28 @@ impl Attempt<'_> {
             };
             let addr = c.endpoints[i].addr;
             tried.push(addr);
+            let host = self
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("");
+            let parts = HttpParts {
+                method: self.method.as_str(),
+                path: self.path.split('?').next().unwrap_or("/"),
+                host,
+                headers: self.headers,
+            };
+            if let Decision::Deny(why) =
+                self.frontends
+                    .authorize(self.peer.ip(), addr.ip(), self.port, Some(parts))
+            {
+                tracing::debug!(cluster = %c.name, endpoint = %addr, client = %self.peer, policy = %why, "request denied");
+                return Err(local_reply(
+                    StatusCode::FORBIDDEN,
+                    "rbac_access_denied",
+                    "RBAC: access denied",
+                ));
+            }
             let Some(attempt_body) = body.for_attempt() else {
                 return Err(last);
             };

@@ -9,6 +9,7 @@ pub mod http;
 pub mod listeners;
 mod local_ips;
 pub mod mesh;
+pub mod pods;
 pub mod stats;
 mod tcp;
 pub mod telemetry;

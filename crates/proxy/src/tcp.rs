@@ -3,8 +3,9 @@
 //! configuration change or a closed listener never cuts a connection already made.
 
 use crate::frontends::{Frontend, Frontends, Listen};
+use crate::mesh::authz::Decision;
 use crate::stats::Stats;
-use crate::telemetry::{Labels, Telemetry, Workloads};
+use crate::telemetry::{Labels, Telemetry};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,11 +48,8 @@ pub async fn serve(
                 continue;
             }
         };
-        let (frontend, workloads, domain) = {
-            let t = table.borrow();
-            let fe = t.by_listen.get(&listen).cloned();
-            (fe, t.workloads.clone(), t.domain.clone())
-        };
+        let frontends = table.borrow().clone();
+        let frontend = frontends.by_listen.get(&listen).cloned();
         let stats = stats.clone();
         let telemetry = telemetry.clone();
         tokio::spawn(async move {
@@ -59,8 +57,7 @@ pub async fn serve(
                 Some(fe) => {
                     let t = TcpTelemetry {
                         telemetry: &telemetry,
-                        workloads: &workloads,
-                        domain: &domain,
+                        frontends: &frontends,
                     };
                     proxy(client, peer, fe, &stats, t).await
                 }
@@ -73,8 +70,7 @@ pub async fn serve(
 /// Where a connection's istio_tcp_* counts go.
 struct TcpTelemetry<'a> {
     telemetry: &'a Telemetry,
-    workloads: &'a Workloads,
-    domain: &'a str,
+    frontends: &'a Frontends,
 }
 
 async fn proxy(
@@ -85,7 +81,7 @@ async fn proxy(
     t: TcpTelemetry<'_>,
 ) {
     let _ = client.set_nodelay(true);
-    let Some((mut upstream, backend)) = connect(&fe, peer).await else {
+    let Some((mut upstream, backend)) = connect(&fe, peer, t.frontends).await else {
         stats.refused();
         tracing::debug!(service = %fe.service, port = %fe.port_name, client = %peer,
             "no endpoint accepted the connection");
@@ -95,10 +91,10 @@ async fn proxy(
     fe.used(peer.ip(), backend);
     stats.opened();
     let labels = Labels::new(
-        t.workloads.get(&peer.ip()).map(|w| &**w),
-        t.workloads.get(&backend.ip()).map(|w| &**w),
+        t.frontends.workloads.get(&peer.ip()).map(|w| &**w),
+        t.frontends.workloads.get(&backend.ip()).map(|w| &**w),
         &fe.service,
-        t.domain,
+        &t.frontends.domain,
         "tcp",
     );
     t.telemetry.tcp_opened.get_or_create(&labels).inc();
@@ -113,8 +109,18 @@ async fn proxy(
 
 /// Connects to the frontend's endpoints in the order it prefers, moving on when one
 /// refuses or does not answer in time.
-async fn connect(fe: &Frontend, peer: SocketAddr) -> Option<(TcpStream, SocketAddr)> {
+async fn connect(
+    fe: &Frontend,
+    peer: SocketAddr,
+    frontends: &Frontends,
+) -> Option<(TcpStream, SocketAddr)> {
     for backend in fe.pick(peer.ip()).into_iter().take(CONNECT_ATTEMPTS) {
+        if let Decision::Deny(why) =
+            frontends.authorize(peer.ip(), backend.addr.ip(), fe.service_port, None)
+        {
+            tracing::debug!(service = %fe.service, backend = %backend.addr, client = %peer, policy = %why, "connection denied");
+            return None;
+        }
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {
             Ok(Ok(s)) => return Some((s, backend.addr)),
             Ok(Err(e)) => {

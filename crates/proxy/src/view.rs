@@ -4,7 +4,7 @@
 //! change never touches a connection already running.
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::runtime::reflector::{self, Store};
@@ -134,19 +134,14 @@ pub type DestinationRule = MeshResource<crate::mesh::config::DestinationRuleSpec
 #[derive(Clone, Debug, Default)]
 pub struct ClusterView {
     pub services: BTreeMap<ServiceKey, ServiceInfo>,
+    /// Running pods by address (the source of a connection).
+    pub pods_by_ip: Arc<std::collections::HashMap<IpAddr, Arc<PodMeta>>>,
+    pub authorization_policies: Vec<Arc<crate::mesh::authz::AuthorizationPolicy>>,
     pub virtual_services: Vec<Arc<VirtualService>>,
     pub destination_rules: Vec<Arc<DestinationRule>>,
 }
 
-/// What the proxy knows of a pod from its metadata.
-#[derive(Clone, Debug, Default)]
-pub struct PodMeta {
-    pub labels: Arc<BTreeMap<String, String>>,
-    pub workload: Arc<crate::telemetry::Workload>,
-}
-
-/// Pod metadata by "namespace/name".
-pub type PodLabels = std::collections::HashMap<String, PodMeta>;
+pub use crate::pods::{PodMeta, Pods as PodLabels};
 
 impl ClusterView {
     pub fn service(&self, namespace: &str, name: &str) -> Option<&ServiceInfo> {
@@ -233,6 +228,13 @@ impl ClusterView {
             }
         }
         let mut view = ClusterView::default();
+        let mut by_ip = std::collections::HashMap::new();
+        for p in pods.values().filter(|p| !p.finished) {
+            for ip in &p.ips {
+                by_ip.insert(*ip, p.clone());
+            }
+        }
+        view.pods_by_ip = Arc::new(by_ip);
         for svc in services {
             let Some(info) = service_info(svc, &mut by_service) else {
                 continue;
@@ -319,62 +321,40 @@ pub fn watch_cluster(client: Client) -> (watch::Receiver<Arc<ClusterView>>, impl
     let changed = Arc::new(Notify::new());
     let (services, svc_task) = reflect::<Service>(client.clone(), changed.clone());
     let (slices, slice_task) = reflect::<EndpointSlice>(client.clone(), changed.clone());
-    let (pods, pod_task) = reflect_pod_labels(client.clone(), changed.clone());
+    let (pods, pod_task) = crate::pods::watch_pods(client.clone(), changed.clone());
+    let networking = "networking.istio.io";
+    let security = "security.istio.io";
     let (vss, vs_task) = reflect_istio(
-        client.clone(),
+        &client,
+        networking,
         "VirtualService",
         "virtualservices",
-        changed.clone(),
+        &changed,
     );
     let (drs, dr_task) = reflect_istio(
-        client,
+        &client,
+        networking,
         "DestinationRule",
         "destinationrules",
-        changed.clone(),
+        &changed,
+    );
+    let (aps, ap_task) = reflect_istio(
+        &client,
+        security,
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+        &changed,
     );
     let builder = tokio::spawn(async move {
-        if services.wait_until_ready().await.is_err()
-            || slices.wait_until_ready().await.is_err()
-            || pods.wait_until_ready().await.is_err()
-        {
+        if services.wait_until_ready().await.is_err() || slices.wait_until_ready().await.is_err() {
             return;
         }
-        for store in [&vss, &drs] {
+        pods.wait_until_ready().await;
+        for store in [&vss, &drs, &aps] {
             let _ = tokio::time::timeout(Duration::from_secs(2), store.wait_until_ready()).await;
         }
         loop {
-            let labels: PodLabels = pods
-                .state()
-                .iter()
-                .map(|p| {
-                    let (ns, name) = (p.namespace().unwrap_or_default(), p.name_any());
-                    let owners: Vec<(String, String)> = p
-                        .owner_references()
-                        .iter()
-                        .filter(|o| o.controller == Some(true))
-                        .map(|o| (o.kind.clone(), o.name.clone()))
-                        .collect();
-                    let labels = p.labels();
-                    let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
-                    let workload = crate::telemetry::Workload {
-                        name: crate::telemetry::workload_name(&name, &owners),
-                        namespace: ns.clone(),
-                        app: labels
-                            .get("app.kubernetes.io/name")
-                            .cloned()
-                            .unwrap_or_else(|| label("app")),
-                        version: labels
-                            .get("app.kubernetes.io/version")
-                            .cloned()
-                            .unwrap_or_else(|| label("version")),
-                    };
-                    let meta = PodMeta {
-                        labels: Arc::new(labels.clone()),
-                        workload: Arc::new(workload),
-                    };
-                    (format!("{ns}/{name}"), meta)
-                })
-                .collect();
+            let labels = pods.snapshot();
             let svcs = services.state();
             let eps = slices.state();
             let mut view = ClusterView::build_with(
@@ -384,6 +364,7 @@ pub fn watch_cluster(client: Client) -> (watch::Receiver<Arc<ClusterView>>, impl
             );
             view.virtual_services = parse_istio(&vss.state());
             view.destination_rules = parse_istio(&drs.state());
+            view.authorization_policies = parse_istio(&aps.state());
             if tx.send(Arc::new(view)).is_err() {
                 return;
             }
@@ -392,7 +373,7 @@ pub fn watch_cluster(client: Client) -> (watch::Receiver<Arc<ClusterView>>, impl
         }
     });
     let stop = move || {
-        for t in [svc_task, slice_task, pod_task, vs_task, dr_task] {
+        for t in [svc_task, slice_task, pod_task, vs_task, dr_task, ap_task] {
             t.abort();
         }
         builder.abort();
@@ -435,37 +416,21 @@ fn parse_istio<S: serde::de::DeserializeOwned>(
 }
 
 fn reflect_istio(
-    client: Client,
+    client: &Client,
+    group: &str,
     kind: &str,
     plural: &str,
-    changed: Arc<Notify>,
+    changed: &Arc<Notify>,
 ) -> (
     Store<kube::core::DynamicObject>,
     tokio::task::JoinHandle<()>,
 ) {
-    let gvk = kube::core::GroupVersionKind::gvk("networking.istio.io", "v1", kind);
+    let (client, changed) = (client.clone(), changed.clone());
+    let gvk = kube::core::GroupVersionKind::gvk(group, "v1", kind);
     let ar = kube::core::ApiResource::from_gvk_with_plural(&gvk, plural);
     let writer = reflector::store::Writer::new(ar.clone());
     let reader = writer.as_reader();
     let api: Api<kube::core::DynamicObject> = Api::all_with(client, &ar);
-    let stream = reflector::reflector(
-        writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
-    );
-    (reader, spawn_drain(stream, changed))
-}
-
-/// Pod metadata only: the proxy needs pod labels, not specs.
-fn reflect_pod_labels(
-    client: Client,
-    changed: Arc<Notify>,
-) -> (
-    Store<kube::core::PartialObjectMeta<Pod>>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (reader, writer) = reflector::store();
-    // An Api of PartialObjectMeta asks the server for metadata only.
-    let api: Api<kube::core::PartialObjectMeta<Pod>> = Api::all(client);
     let stream = reflector::reflector(
         writer,
         watcher(api, watcher::Config::default()).default_backoff(),

@@ -1,5 +1,6 @@
 //! The mesh: Istio's traffic resources as the node proxy applies them to HTTP requests.
 
+pub mod authz;
 pub mod config;
 pub mod outlier;
 pub mod routing;
