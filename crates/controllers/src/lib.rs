@@ -8,6 +8,9 @@ pub mod cron;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
+pub mod endpointslice;
+pub mod endpointutil;
 pub mod events;
 pub mod expectations;
 pub mod gc;
@@ -34,9 +37,10 @@ use k8s_openapi::api::apps::v1::{
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod, ResourceQuota,
-    ServiceAccount,
+    ConfigMap, Endpoints, Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod,
+    ResourceQuota, Service, ServiceAccount,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::{Api, Client};
 use std::future::Future;
@@ -66,6 +70,7 @@ pub struct Informers {
     pub pvs: informer::Informer<PersistentVolume>,
     pub classes: informer::Informer<StorageClass>,
     pub leases: informer::Informer<Lease>,
+    pub services: informer::Informer<Service>,
 }
 
 impl Informers {
@@ -84,6 +89,7 @@ impl Informers {
             pvs: informer::Informer::new("PersistentVolume"),
             classes: informer::Informer::new("StorageClass"),
             leases: informer::Informer::new("Lease"),
+            services: informer::Informer::new("Service"),
         }
     }
 }
@@ -265,6 +271,26 @@ pub async fn run(
     }
     let rs_queue = rs.register();
     let deploy_queue = deploy.register();
+    // Only the slices the EndpointSlice controller manages are watched.
+    let slices: informer::Informer<EndpointSlice> = informer::Informer::new("EndpointSlice");
+    let eps_slices = Arc::new(endpointslice::Controller::new(
+        client.clone(),
+        informers.services.clone(),
+        informers.pods.clone(),
+        informers.nodes.clone(),
+        slices.clone(),
+        recorder.with_component("endpoint-slice-controller"),
+    ));
+    let slices_queue = eps_slices.register();
+    let endpoints: informer::Informer<Endpoints> = informer::Informer::new("Endpoints");
+    let eps = Arc::new(endpoints::Controller::new(
+        client.clone(),
+        informers.services.clone(),
+        informers.pods.clone(),
+        endpoints.clone(),
+        recorder.with_component("endpoint-controller"),
+    ));
+    let endpoints_queue = eps.register();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -314,6 +340,17 @@ pub async fn run(
         tasks.push(informers.classes.start(Api::all(client.clone()), stopped()));
     }
     tasks.push(quotas.start(Api::all(client.clone()), stopped()));
+    tasks.push(
+        informers
+            .services
+            .start(Api::all(client.clone()), stopped()),
+    );
+    tasks.push(slices.start_with(
+        Api::all(client.clone()),
+        endpointslice::slice_watch(),
+        stopped(),
+    ));
+    tasks.push(endpoints.start(Api::all(client.clone()), stopped()));
     tasks.push(namespaces.start(Api::all(client.clone()), stopped()));
     tasks.push(accounts.start(Api::all(client.clone()), stopped()));
     tasks.push(root_ca.start_with(
@@ -405,6 +442,22 @@ pub async fn run(
             c.reconcile(k).await
         }));
     }
+    informers.services.synced().await;
+    slices.synced().await;
+    tasks.push(workers(
+        &slices_queue,
+        4,
+        eps_slices.clone(),
+        |c, k| async move { c.reconcile(k).await },
+    ));
+    endpoints.synced().await;
+    eps.queue_leftovers();
+    tasks.push(workers(
+        &endpoints_queue,
+        4,
+        eps.clone(),
+        |c, k| async move { c.reconcile(k).await },
+    ));
     quotas.synced().await;
     tasks.push(workers(&rq_queue, 2, rq.clone(), |c, k| async move {
         c.reconcile(k).await
@@ -441,6 +494,8 @@ pub async fn run(
     sts_queue.shutdown();
     lifecycle_queue.shutdown();
     pod_gc_queue.shutdown();
+    slices_queue.shutdown();
+    endpoints_queue.shutdown();
     if let Some((_, q)) = &local_path {
         q.shutdown();
     }
