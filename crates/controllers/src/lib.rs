@@ -291,6 +291,12 @@ pub async fn run(
         recorder.with_component("endpoint-controller"),
     ));
     let endpoints_queue = eps.register();
+    let lb = Arc::new(servicelb::Controller::new(
+        client.clone(),
+        informers.services.clone(),
+        informers.nodes.clone(),
+    ));
+    let lb_queue = lb.register();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -450,6 +456,9 @@ pub async fn run(
         eps_slices.clone(),
         |c, k| async move { c.reconcile(k).await },
     ));
+    tasks.push(workers(&lb_queue, 1, lb.clone(), |c, k| async move {
+        c.reconcile(k).await
+    }));
     endpoints.synced().await;
     eps.queue_leftovers();
     tasks.push(workers(
