@@ -4,6 +4,7 @@
 //! serves cluster DNS. It is a client of the Kubernetes API only: it watches Services and
 //! EndpointSlices and keeps nothing it cannot rebuild from them.
 
+pub mod dns;
 pub mod view;
 
 use std::net::IpAddr;
