@@ -12,6 +12,7 @@
 //! ```
 
 mod containers;
+mod dns;
 mod events;
 mod expand;
 mod ipam;
@@ -75,6 +76,12 @@ pub struct AgentConfig {
     pub shim_args: Vec<String>,
     /// Cgroup under each hierarchy's root for this node's containers.
     pub cgroup_parent: String,
+    /// The cluster DNS Service's address (the kubelet's --cluster-dns): ClusterFirst pods
+    /// get it as their only nameserver. None: every pod gets the host's resolv.conf.
+    pub cluster_dns: Option<IpAddr>,
+    /// The cluster's DNS domain (the kubelet's --cluster-domain), for pods' search paths
+    /// and /etc/hosts.
+    pub cluster_domain: String,
 }
 
 impl AgentConfig {
@@ -105,6 +112,8 @@ impl AgentConfig {
             shim_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("corral")),
             shim_args: vec!["shim".into()],
             cgroup_parent,
+            cluster_dns: None,
+            cluster_domain: "cluster.local".into(),
         }
     }
 }
@@ -135,6 +144,7 @@ pub(crate) struct Ctx {
     pub recorder: events::Recorder,
     pub node_ip: IpAddr,
     pub node: containers::NodeAllocatable,
+    /// The host's /etc/resolv.conf, the base of pods' own.
     pub resolv_conf: Option<String>,
     /// Every Service, for the containers' service environment variables.
     pub services: kube::runtime::reflector::Store<k8s_openapi::api::core::v1::Service>,

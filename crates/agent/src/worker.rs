@@ -514,29 +514,22 @@ impl Worker {
             .as_ref()
             .map(|n| IpAddr::V4(n.pod_ip))
             .unwrap_or(self.ctx.node_ip);
-        let mut hosts = String::from(
-            "# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n",
+        let domain = &self.ctx.cfg.cluster_domain;
+        let hosts = crate::dns::hosts_file(&spec, &ns, &hostname, ip, domain);
+        let resolv_conf = crate::dns::resolv_conf(
+            &spec,
+            &ns,
+            self.ctx.cfg.cluster_dns,
+            domain,
+            self.ctx.resolv_conf.as_deref(),
         );
-        match spec.subdomain.as_deref().filter(|s| !s.is_empty()) {
-            Some(sub) => hosts.push_str(&format!(
-                "{ip}\t{hostname}.{sub}.{ns}.svc.cluster.local\t{hostname}\n"
-            )),
-            None => hosts.push_str(&format!("{ip}\t{hostname}\n")),
-        }
-        for a in spec.host_aliases.iter().flatten() {
-            hosts.push_str(&format!(
-                "\n# Entries added by HostAliases.\n{}\t{}\n",
-                a.ip,
-                a.hostnames.clone().unwrap_or_default().join("\t")
-            ));
-        }
         let sb = SandboxSpec {
             pod_uid: self.uid.clone(),
             name: pod.name_any(),
             namespace: ns,
             hostname,
             network,
-            resolv_conf: self.ctx.resolv_conf.clone(),
+            resolv_conf,
             hosts: Some(hosts),
         };
         let started = Instant::now();

@@ -39,7 +39,22 @@ impl Ranges {
     pub fn first(&self) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.service_net) + 1)
     }
+
+    /// The cluster DNS Service's (`kube-system/kube-dns`) address: the tenth in the range,
+    /// where kubeadm and k3s put it (10.43.0.10 for 10.43.0.0/16); in a range too small for
+    /// that, the last before the broadcast address.
+    pub fn cluster_dns(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.service_net) + self.cluster_dns_offset())
+    }
+
+    fn cluster_dns_offset(&self) -> u32 {
+        10.min(self.size().saturating_sub(2))
+    }
 }
+
+/// Who may hold [`Ranges::cluster_dns`]: node proxies answer that address as DNS, so no
+/// other Service may have it.
+pub const CLUSTER_DNS_OWNER: &str = "kube-system/kube-dns";
 
 fn ip_key(ip: &str) -> Vec<u8> {
     format!("/registry/ranges/serviceips/{ip}").into_bytes()
@@ -94,10 +109,11 @@ pub async fn allocate_service(
                         ),
                     )
                 })?;
+                let reserved = parsed == ranges.cluster_dns() && owner != CLUSTER_DNS_OWNER;
                 if !ranges.contains(parsed) {
                     return Err(invalid(&name, Cause::invalid("spec.clusterIPs", &json!([ip]), format!("failed to allocate IP {ip}: provided IP is not in the valid range. The range of valid IPs is {}/{}", ranges.service_net, ranges.service_prefix))));
                 }
-                if !claim(store, &ip_key(ip), &owner).await? {
+                if reserved || !claim(store, &ip_key(ip), &owner).await? {
                     return Err(invalid(
                         &name,
                         Cause::invalid(
@@ -188,8 +204,8 @@ async fn pick_ip(store: &Store, ranges: &Ranges, owner: &str) -> ApiResult<Strin
     let start = (uuid::Uuid::new_v4().as_u128() as u32) % size.max(1);
     for i in 0..size {
         let off = (start + i) % size;
-        if off < 2 || off == size - 1 {
-            continue; // network, the `kubernetes` service, broadcast
+        if off < 2 || off == size - 1 || off == ranges.cluster_dns_offset() {
+            continue; // network, the `kubernetes` service, broadcast, cluster DNS
         }
         let ip = Ipv4Addr::from(base + off).to_string();
         if claim(store, &ip_key(&ip), owner).await? {
@@ -219,4 +235,12 @@ async fn pick_port(store: &Store, ranges: &Ranges, owner: &str) -> ApiResult<u16
 /// Claim a specific address (the `kubernetes` service at start-up).
 pub async fn claim_ip(store: &Store, ip: Ipv4Addr, owner: &str) -> ApiResult<bool> {
     claim(store, &ip_key(&ip.to_string()), owner).await
+}
+
+/// Which Service holds an address, if any (`namespace/name`).
+pub async fn ip_owner(store: &Store, ip: Ipv4Addr) -> ApiResult<Option<String>> {
+    Ok(store
+        .get(&ip_key(&ip.to_string()))
+        .await?
+        .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
 }

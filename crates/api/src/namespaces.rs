@@ -31,7 +31,8 @@ pub fn system_ctx() -> WriteCtx {
     }
 }
 
-/// Create the namespaces every cluster has and the `kubernetes` Service.
+/// Create the namespaces every cluster has, the `kubernetes` Service and the cluster DNS
+/// Service.
 pub async fn bootstrap(st: &Shared) -> ApiResult<()> {
     let ns_res = st
         .registry
@@ -71,6 +72,10 @@ pub async fn bootstrap(st: &Shared) -> ApiResult<()> {
             Err(e) if e.code() == 409 => {}
             Err(e) => return Err(e),
         }
+    }
+    if let Err(e) = bootstrap_cluster_dns(st).await {
+        // A cluster without its DNS Service is still a cluster: say so and carry on.
+        tracing::warn!(error = %e, "creating the kube-system/kube-dns Service failed");
     }
     // The API server's own endpoints, rewritten at each start so they follow a changed
     // address or port (kube-apiserver's endpoint reconciler does the same).
@@ -133,6 +138,49 @@ async fn ensure(
         .await
         .map(drop),
     }
+}
+
+/// The `kube-dns` Service, as k3s ships it but without a selector: every node's proxy
+/// answers its address itself. Made once; a deleted one comes back at the next start.
+async fn bootstrap_cluster_dns(st: &Shared) -> ApiResult<()> {
+    let svc_res = st.registry.lookup("", "v1", "services").expect("built in");
+    if storage::get(&st.store, &svc_res, Some("kube-system"), "kube-dns")
+        .await?
+        .is_none()
+    {
+        let ip = st.config.ranges.cluster_dns();
+        match crate::alloc::ip_owner(&st.store, ip).await? {
+            // A store from before the address was reserved may have given it away.
+            Some(owner) if owner != crate::alloc::CLUSTER_DNS_OWNER => {
+                tracing::warn!(%ip, %owner, "the cluster DNS address is held by another Service; not creating kube-system/kube-dns");
+                return Ok(());
+            }
+            // Claimed by a kube-dns whose write never happened.
+            Some(_) => {
+                crate::alloc::release(
+                    &st.store,
+                    format!("/registry/ranges/serviceips/{ip}").as_bytes(),
+                )
+                .await
+            }
+            None => {}
+        }
+        let svc = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {
+                "k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true"}},
+            "spec": {"type": "ClusterIP", "clusterIP": ip.to_string(), "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},
+                {"name": "metrics", "port": 9153, "protocol": "TCP", "targetPort": 9153}]}
+        });
+        match create_object(st, &svc_res, Some("kube-system"), svc, &system_ctx()).await {
+            Ok(_) => {}
+            Err(e) if e.code() == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Empty one terminating namespace a step; true when it is gone.

@@ -295,6 +295,7 @@ impl NodeArgs {
         cfg.bridge = self.bridge.clone();
         cfg.kubelet_port = self.kubelet_port;
         cfg.node_ip = self.node_ip;
+        cfg.cluster_domain = self.cluster_domain.clone();
         cfg
     }
 
@@ -326,6 +327,16 @@ impl NodeArgs {
     }
 }
 
+/// The cluster DNS address: the service range's tenth (kube-system/kube-dns's).
+fn cluster_dns(args: &ServerArgs) -> std::net::Ipv4Addr {
+    corral_api::Ranges {
+        service_net: args.service_cidr.addr.into(),
+        service_prefix: args.service_cidr.len,
+        ..Default::default()
+    }
+    .cluster_dns()
+}
+
 /// Starts the node agent for this server's own node.
 fn spawn_agent(
     args: &ServerArgs,
@@ -335,6 +346,9 @@ fn spawn_agent(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     let mut cfg = args.node.agent_config(data_dir);
+    if !args.node.disable_proxy {
+        cfg.cluster_dns = Some(IpAddr::V4(cluster_dns(args)));
+    }
     // The server's node takes the cluster range's first block unless told otherwise, so it
     // never waits for the node IPAM controller (which may be disabled).
     if cfg.pod_cidr.is_none() {
@@ -452,6 +466,9 @@ async fn agent(args: JoinArgs) -> Result<()> {
     tracing::info!(server = %args.server, node = %cfg.node_name, "joining");
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let cluster_dns = cluster_dns_address(&client).await;
+    if !args.node.disable_proxy {
+        cfg.cluster_dns = cluster_dns;
+    }
     let proxy = args
         .node
         .spawn_proxy(&data_dir, cluster_dns, client.clone(), stop_rx.clone());
@@ -599,7 +616,7 @@ async fn server(args: ServerArgs) -> Result<()> {
     });
     let agent = (!args.disable_agent)
         .then(|| spawn_agent(&args, &data_dir, &pki, client.clone(), stop_rx.clone()));
-    let cluster_dns = IpAddr::V4((args.service_cidr.addr + 10).into());
+    let cluster_dns = IpAddr::V4(cluster_dns(&args));
     let proxy = if args.disable_agent {
         None
     } else {

@@ -4,6 +4,7 @@
 //! serves cluster DNS. It is a client of the Kubernetes API only: it watches Services and
 //! EndpointSlices and keeps nothing it cannot rebuild from them.
 
+pub mod dns;
 pub mod frontends;
 pub mod http;
 pub mod listeners;
@@ -84,7 +85,8 @@ pub async fn run(
             None
         }
     });
-
+    let mut dns: Option<tokio::task::JoinHandle<()>> = None;
+    let mut dns_error: Option<String> = None;
     loop {
         let view = views.borrow_and_update().clone();
         let started = std::time::Instant::now();
@@ -95,7 +97,21 @@ pub async fn run(
         }
         ips.reconcile(&want);
         table_tx.send_replace(fe.clone());
-        let retry = listeners.reconcile(&fe);
+        let mut retry = listeners.reconcile(&fe);
+        if dns.is_none() {
+            if let Some(ip) = cfg.cluster_dns {
+                match start_dns(&cfg, ip, views.clone()) {
+                    Ok(task) => dns = Some(task),
+                    Err(e) => {
+                        if dns_error.as_deref() != Some(&e.to_string()) {
+                            tracing::warn!(%ip, error = %e, "cannot serve cluster DNS; retrying");
+                            dns_error = Some(e.to_string());
+                        }
+                        retry = true;
+                    }
+                }
+            }
+        }
         tracing::debug!(services = view.services.len(), frontends = fe.by_listen.len(),
             took = ?started.elapsed(), "proxy configuration applied");
         tokio::select! {
@@ -105,9 +121,26 @@ pub async fn run(
         }
     }
     listeners.stop_all();
-    if let Some(m) = metrics {
-        m.abort();
+    for task in [metrics, dns].into_iter().flatten() {
+        task.abort();
     }
     ips.reconcile(&Default::default());
     stop_watch();
+}
+
+/// Serves cluster DNS on the cluster DNS address, port 53, UDP and TCP.
+fn start_dns(
+    cfg: &ProxyConfig,
+    ip: std::net::IpAddr,
+    views: watch::Receiver<Arc<view::ClusterView>>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let addr = std::net::SocketAddr::new(ip, 53);
+    let udp = udp::bind(addr)?;
+    let tcp = tcp::bind(addr)?;
+    let dns_cfg = dns::DnsConfig::from_proxy(cfg);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = dns::serve(udp, tcp, views, dns_cfg, std::future::pending()).await {
+            tracing::error!(error = %e, "cluster DNS stopped");
+        }
+    }))
 }
