@@ -290,6 +290,8 @@ class Node:
                 "--pod-cidr", self.cidr,
                 "--kubelet-port", str(self.kubelet_port),
                 "--proxy-metrics-port", str(self.metrics_port),
+                # Names outside the cluster go to a closed local port, never off the machine.
+                "--cluster-dns-upstream", f"127.0.0.1:{free_port()}",
             ] + list(extra_args)
         )
         self.data_dir = self.server.data_dir

@@ -14,8 +14,8 @@ import uuid
 
 import pytest
 
-from conftest import _py_config, wait_for
-from test_pods import Node
+from conftest import Node, _py_config, wait_for
+
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="the node agent needs root for namespaces, cgroups and bridges"

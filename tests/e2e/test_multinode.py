@@ -107,6 +107,7 @@ class Agent:
             "--node-name", self.node_name,
             "--node-ip", self.netns.ns_ip,
             "--kubelet-port", "10250",
+            "--cluster-dns-upstream", "127.0.0.1:9",
         ]
 
     def start(self):
@@ -152,6 +153,7 @@ class Cluster:
                 "--node-ip", self.netns.host_ip,
                 "--kubelet-port", str(free_port()),
                 "--proxy-metrics-port", str(free_port()),
+                "--cluster-dns-upstream", f"127.0.0.1:{free_port()}",
                 "--node-monitor-grace-period", f"{GRACE}s",
             ],
         )

@@ -8,6 +8,8 @@ proxy puts on lo and removes again when it stops.
 
 import json
 import os
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -24,9 +26,53 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+class FakeUpstream:
+    """A DNS server on 127.0.0.1 answering every A question with 192.0.2.77, standing in
+    for the host's resolvers so cluster DNS forwarding is tested without leaving the host."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.questions = []
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            # Header (12 bytes), then the question: labels, type, class.
+            i = 12
+            labels = []
+            while data[i]:
+                labels.append(data[i + 1:i + 1 + data[i]].decode())
+                i += 1 + data[i]
+            question = data[12:i + 5]
+            self.questions.append(".".join(labels))
+            qtype = int.from_bytes(data[i + 1:i + 3], "big")
+            answers = b""
+            if qtype == 1:
+                answers = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 30, 4) + bytes([192, 0, 2, 77])
+            header = data[:2] + struct.pack(">HHHHH", 0x8180, 1, 1 if answers else 0, 0, 0)
+            self.sock.sendto(header + question + answers, peer)
+
+    def close(self):
+        self.sock.close()
+
+
 @pytest.fixture(scope="module")
-def node(images):
-    n = Node(images, extra_args=["--node-ip", "127.0.0.1"])
+def upstream():
+    u = FakeUpstream()
+    yield u
+    u.close()
+
+
+@pytest.fixture(scope="module")
+def node(images, upstream):
+    n = Node(images, extra_args=["--node-ip", "127.0.0.1",
+                                 "--cluster-dns-upstream", f"127.0.0.1:{upstream.port}"])
     yield n
     n.cleanup()
 
@@ -251,3 +297,31 @@ def test_the_proxy_removes_its_addresses_when_it_stops_and_after_a_crash(node, k
     assert not {a for a in on_lo() if a.startswith(node.server.service_cidr.rsplit(".", 1)[0] + ".")}, on_lo()
     node.server.start()
     wait_for("the cluster IP on lo again", lambda: ip in on_lo())
+
+
+def test_cluster_dns_from_a_pod(kc, sns, upstream):
+    apply(kc, sns, deployment("named", 2, WHOAMI), service("named", "named"),
+          service("peers", "named", clusterIP="None"))
+    client_pod(kc, sns)
+    wait_ready_endpoints(kc, sns, "named", 2)
+    wait_ready_endpoints(kc, sns, "peers", 2)
+    ip = cluster_ip(kc, sns, "named")
+    resolv = kc("exec", "client", "-n", sns, "--", "cat", "/etc/resolv.conf")
+    assert f"search {sns}.svc.cluster.local svc.cluster.local cluster.local" in resolv, resolv
+    assert "options ndots:5" in resolv
+    out = kc("exec", "client", "-n", sns, "--", "nslookup", f"named.{sns}.svc.cluster.local")
+    assert ip in out, out
+    # The short name through the search path, as every HTTP client in a pod uses it.
+    pods = {p["metadata"]["name"] for p in kc.json("get", "pods", "-n", sns, "-l", "app=named")["items"]}
+    assert from_pod(kc, sns, "http://named/") in pods
+    # A headless Service answers with its ready pods' addresses.
+    pod_ips = sorted(p["status"]["podIP"] for p in kc.json("get", "pods", "-n", sns, "-l", "app=named")["items"])
+    out = kc("exec", "client", "-n", sns, "--", "nslookup", f"peers.{sns}.svc.cluster.local")
+    assert all(p in out for p in pod_ips), out
+    # A name that does not exist in the cluster domain is NXDOMAIN, not forwarded.
+    bad = kc.run("exec", "client", "-n", sns, "--", "nslookup", f"nothing.{sns}.svc.cluster.local", check=False)
+    assert "NXDOMAIN" in bad.stdout + bad.stderr, bad
+    # Other names go to the upstream resolvers.
+    out = kc("exec", "client", "-n", sns, "--", "nslookup", "www.example.test.")
+    assert "192.0.2.77" in out, out
+    assert "www.example.test" in upstream.questions

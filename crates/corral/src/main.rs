@@ -271,6 +271,10 @@ struct NodeArgs {
     /// The cluster's DNS domain.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// Where cluster DNS forwards names outside the cluster (host:port, repeatable;
+    /// default: the nameservers of the host's /etc/resolv.conf).
+    #[arg(long = "cluster-dns-upstream")]
+    cluster_dns_upstreams: Vec<SocketAddr>,
     /// Port of the proxy's Istio metrics (/stats/prometheus) on the node's address; 0
     /// serves none.
     #[arg(long, default_value_t = 15020)]
@@ -319,7 +323,7 @@ impl NodeArgs {
             state_dir: data_dir.join("proxy"),
             cluster_dns,
             cluster_domain: self.cluster_domain.clone(),
-            dns_upstreams: Vec::new(),
+            dns_upstreams: self.cluster_dns_upstreams.clone(),
         };
         Some(tokio::spawn(corral_proxy::run(client, cfg, async move {
             let _ = stop.wait_for(|s| *s).await;
