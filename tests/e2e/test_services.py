@@ -132,7 +132,7 @@ def service(name, selector, svc_type="ClusterIP", **spec):
 
 
 def apply(kc, ns, *objs):
-    kc.run("apply", "-n", ns, "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objs)}))
+    kc.run("apply", "-n", ns, "-f", "-", input="\n---\n".join(json.dumps(o) for o in objs))
 
 
 def client_pod(kc, ns):

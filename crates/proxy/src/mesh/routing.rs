@@ -711,7 +711,12 @@ impl<'a> Compiler<'a> {
         if let Some(c) = self.clusters.get(&ckey) {
             return Ok(c.clone());
         }
-        let policy = policy(policy_spec.as_ref());
+        let mut policy = policy(policy_spec.as_ref());
+        // A Service's ClientIP session affinity is a hash on the source address, as Istio
+        // maps it, unless a DestinationRule chose another hash.
+        if policy.hash.is_none() && svc.affinity.is_some() {
+            policy.hash = Some(HashOn::SourceIp);
+        }
         let endpoints = endpoints(svc, &sport.name, sport.protocol, labels.as_ref());
         let app = crate::frontends::AppProtocol::of(sport);
         let cluster = match self.previous.get(&ckey) {
