@@ -193,3 +193,230 @@ pub async fn install(st: &Shared) -> ApiResult<()> {
     }
     Ok(())
 }
+
+/// Istio's own validation of the kinds above (what its admission webhook refuses), so a
+/// resource the mesh could not use is refused with its field path instead of being
+/// skipped by the proxies.
+pub fn validate(group: &str, kind: &str, obj: &Value, causes: &mut Vec<crate::error::Cause>) {
+    use crate::error::Cause;
+    let spec = &obj["spec"];
+    match (group, kind) {
+        ("networking.istio.io", "VirtualService") => {
+            let gateways = spec["gateways"].as_array();
+            let mesh_only = gateways.is_none_or(|g| g.is_empty() || g.iter().any(|g| g == "mesh"));
+            if spec["hosts"].as_array().is_none_or(|h| h.is_empty()) {
+                causes.push(Cause::required("spec.hosts"));
+            }
+            for (i, route) in spec["http"].as_array().into_iter().flatten().enumerate() {
+                let path = format!("spec.http[{i}]");
+                validate_http_route(route, &path, mesh_only, causes);
+            }
+        }
+        ("networking.istio.io", "DestinationRule") => {
+            if spec["host"].as_str().is_none_or(str::is_empty) {
+                causes.push(Cause::required("spec.host"));
+            }
+            let mut names = std::collections::BTreeSet::new();
+            for (i, s) in spec["subsets"].as_array().into_iter().flatten().enumerate() {
+                let name = s["name"].as_str().unwrap_or("");
+                if name.is_empty() {
+                    causes.push(Cause::required(format!("spec.subsets[{i}].name")));
+                } else if !names.insert(name.to_string()) {
+                    causes.push(Cause::invalid(
+                        format!("spec.subsets[{i}].name"),
+                        &s["name"],
+                        "duplicate subset name",
+                    ));
+                }
+                validate_traffic_policy(
+                    &s["trafficPolicy"],
+                    &format!("spec.subsets[{i}].trafficPolicy"),
+                    causes,
+                );
+            }
+            validate_traffic_policy(&spec["trafficPolicy"], "spec.trafficPolicy", causes);
+        }
+        _ => {}
+    }
+}
+
+fn validate_http_route(
+    route: &Value,
+    path: &str,
+    mesh: bool,
+    causes: &mut Vec<crate::error::Cause>,
+) {
+    use crate::error::Cause;
+    let actions = ["route", "redirect", "directResponse"]
+        .iter()
+        .filter(|a| !route[**a].is_null())
+        .count();
+    if actions == 0 && mesh {
+        causes.push(Cause::required(format!("{path}.route")));
+    } else if actions > 1 {
+        causes.push(Cause::invalid(
+            path,
+            &Value::Null,
+            "only one of route, redirect and directResponse may be set",
+        ));
+    }
+    let dests = route["route"].as_array().cloned().unwrap_or_default();
+    let mut total = 0i64;
+    for (j, d) in dests.iter().enumerate() {
+        let weight = d["weight"].as_i64().unwrap_or(0);
+        if weight < 0 {
+            causes.push(Cause::invalid(
+                format!("{path}.route[{j}].weight"),
+                &d["weight"],
+                "weight must be between 0 and 100",
+            ));
+        }
+        total += weight.max(0);
+        if d["destination"]["host"].as_str().is_none_or(str::is_empty) {
+            causes.push(Cause::required(format!(
+                "{path}.route[{j}].destination.host"
+            )));
+        }
+    }
+    if dests.len() > 1 && total == 0 {
+        causes.push(Cause::invalid(
+            format!("{path}.route"),
+            &Value::Null,
+            "total destination weight = 0",
+        ));
+    }
+    check_duration(&route["timeout"], &format!("{path}.timeout"), causes);
+    check_duration(
+        &route["retries"]["perTryTimeout"],
+        &format!("{path}.retries.perTryTimeout"),
+        causes,
+    );
+    if route["retries"]["attempts"].as_i64().is_some_and(|a| a < 0) {
+        causes.push(Cause::invalid(
+            format!("{path}.retries.attempts"),
+            &route["retries"]["attempts"],
+            "attempts cannot be negative",
+        ));
+    }
+    let fault = &route["fault"];
+    check_duration(
+        &fault["delay"]["fixedDelay"],
+        &format!("{path}.fault.delay.fixedDelay"),
+        causes,
+    );
+    for (kind, pct) in [
+        ("delay", &fault["delay"]["percentage"]["value"]),
+        ("abort", &fault["abort"]["percentage"]["value"]),
+    ] {
+        if pct.as_f64().is_some_and(|p| !(0.0..=100.0).contains(&p)) {
+            causes.push(Cause::invalid(
+                format!("{path}.fault.{kind}.percentage.value"),
+                pct,
+                "percentage must be in range [0.0, 100.0]",
+            ));
+        }
+    }
+    if let Some(s) = fault["abort"]["httpStatus"].as_i64() {
+        if !(200..=599).contains(&s) {
+            causes.push(Cause::invalid(
+                format!("{path}.fault.abort.httpStatus"),
+                &fault["abort"]["httpStatus"],
+                "invalid abort http status",
+            ));
+        }
+    }
+    for (k, m) in route["match"].as_array().into_iter().flatten().enumerate() {
+        let mut regexes: Vec<(String, &Value)> =
+            vec![(format!("{path}.match[{k}].uri.regex"), &m["uri"]["regex"])];
+        for section in ["headers", "queryParams", "withoutHeaders"] {
+            for (name, v) in m[section].as_object().into_iter().flatten() {
+                regexes.push((
+                    format!("{path}.match[{k}].{section}.{name}.regex"),
+                    &v["regex"],
+                ));
+            }
+        }
+        for (field, r) in regexes {
+            if let Some(r) = r.as_str() {
+                if let Err(e) = regex::Regex::new(r) {
+                    causes.push(Cause::invalid(
+                        field,
+                        &Value::String(r.to_string()),
+                        format!("invalid regex: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn validate_traffic_policy(tp: &Value, path: &str, causes: &mut Vec<crate::error::Cause>) {
+    use crate::error::Cause;
+    let od = &tp["outlierDetection"];
+    check_duration(
+        &od["interval"],
+        &format!("{path}.outlierDetection.interval"),
+        causes,
+    );
+    check_duration(
+        &od["baseEjectionTime"],
+        &format!("{path}.outlierDetection.baseEjectionTime"),
+        causes,
+    );
+    if od["maxEjectionPercent"]
+        .as_i64()
+        .is_some_and(|p| !(0..=100).contains(&p))
+    {
+        causes.push(Cause::invalid(
+            format!("{path}.outlierDetection.maxEjectionPercent"),
+            &od["maxEjectionPercent"],
+            "must be in range [0, 100]",
+        ));
+    }
+    let simple = &tp["loadBalancer"]["simple"];
+    if let Some(s) = simple.as_str() {
+        if ![
+            "UNSPECIFIED",
+            "LEAST_CONN",
+            "RANDOM",
+            "PASSTHROUGH",
+            "ROUND_ROBIN",
+            "LEAST_REQUEST",
+        ]
+        .contains(&s)
+        {
+            causes.push(Cause::invalid(
+                format!("{path}.loadBalancer.simple"),
+                simple,
+                "unknown load balancer",
+            ));
+        }
+    }
+}
+
+/// Istio durations are Go durations ("1.5s", "100ms", "1m30s").
+fn check_duration(v: &Value, field: &str, causes: &mut Vec<crate::error::Cause>) {
+    let Some(s) = v.as_str() else { return };
+    let mut rest = s.trim();
+    let mut ok = !rest.is_empty();
+    while ok && !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let u = rest[n..]
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .map(|i| i + n)
+            .unwrap_or(rest.len());
+        ok = n > 0
+            && rest[..n].parse::<f64>().is_ok()
+            && ["h", "m", "s", "ms", "us", "µs", "ns"].contains(&&rest[n..u]);
+        rest = &rest[u..];
+    }
+    if !ok {
+        causes.push(crate::error::Cause::invalid(
+            field,
+            v,
+            "invalid duration (e.g. \"1.5s\", \"100ms\")",
+        ));
+    }
+}

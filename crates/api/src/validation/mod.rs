@@ -88,6 +88,8 @@ pub fn validate(res: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Cause> 
     }
     if !res.is_custom() {
         kinds::validate_kind(res, obj, old, &mut causes);
+    } else {
+        crate::mesh_crds::validate(&res.group, &res.kind, obj, &mut causes);
     }
     causes
 }
