@@ -6,7 +6,6 @@ reached on loopback; cluster IPs come from a service range of this server's own 
 proxy puts on lo and removes again when it stops.
 """
 
-import json
 import os
 import socket
 import struct
@@ -14,12 +13,14 @@ import subprocess
 import threading
 import time
 import urllib.error
-import urllib.request
+
 import uuid
 
 import pytest
 
 from conftest import Node, wait_for
+from svc_helpers import (WHOAMI, apply, client_pod, cluster_ip, deployment, from_pod, http_get,
+                         service, wait_ready_endpoints)
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="the node agent and proxy need root (namespaces, bridges, lo addresses)"
@@ -92,76 +93,6 @@ def sns(node, kc):
     wait_for(f"the pods of {name} to be gone",
              lambda: not kc.json("get", "pods", "-n", name)["items"], timeout=90)
     kc.run("delete", "namespace", name, "--wait=false", check=False)
-
-
-# Serves its own pod name on 8080, so a test sees which endpoint answered.
-WHOAMI = ["sh", "-c", "mkdir -p /w && hostname > /w/index.html && exec httpd -f -p 8080 -h /w"]
-
-
-def deployment(name, replicas, command=None, image="busybox:test", extra_spec=None):
-    container = {
-        "name": "app",
-        "image": image,
-        "ports": [{"name": "http", "containerPort": 8080}],
-        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
-    }
-    if command:
-        container["command"] = command
-    spec = {"terminationGracePeriodSeconds": 5, "containers": [container]}
-    spec.update(extra_spec or {})
-    return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": spec},
-        },
-    }
-
-
-def service(name, selector, svc_type="ClusterIP", **spec):
-    body = {
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name},
-        "spec": {"type": svc_type, "selector": {"app": selector},
-                 "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
-    }
-    body["spec"].update(spec)
-    return body
-
-
-def apply(kc, ns, *objs):
-    kc.run("apply", "-n", ns, "-f", "-", input="\n---\n".join(json.dumps(o) for o in objs))
-
-
-def client_pod(kc, ns):
-    kc.run("run", "client", "-n", ns, "--image=busybox:test", "--restart=Never", "--", "sleep", "3600")
-    wait_for("the client pod to run", lambda: kc.json("get", "pod", "client", "-n", ns)["status"].get("phase") == "Running")
-
-
-def ready_endpoints(kc, ns, svc):
-    slices = kc.json("get", "endpointslices", "-n", ns, "-l", f"kubernetes.io/service-name={svc}")["items"]
-    return sorted(a for s in slices for e in (s.get("endpoints") or [])
-                  if (e.get("conditions") or {}).get("ready") for a in e["addresses"])
-
-
-def wait_ready_endpoints(kc, ns, svc, n):
-    return wait_for(f"{n} ready endpoints behind {svc}", lambda: len(ready_endpoints(kc, ns, svc)) == n)
-
-
-def cluster_ip(kc, ns, svc):
-    return kc.json("get", "service", svc, "-n", ns)["spec"]["clusterIP"]
-
-
-def http_get(url, timeout=5):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.read().decode().strip()
-
-
-def from_pod(kc, ns, url, check=True):
-    out = kc.run("exec", "client", "-n", ns, "--", "wget", "-q", "-O-", url, check=check)
-    return out.stdout.strip() if check else out
 
 
 def test_cluster_ip_from_a_pod_and_the_node_spreads_over_ready_pods(kc, sns):
