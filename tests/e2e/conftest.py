@@ -283,6 +283,8 @@ class Node:
         self.node_name = f"corral-test-{self.n}-{uuid.uuid4().hex[:6]}"
         self.kubelet_port = free_port()
         self.metrics_port = free_port()
+        self.ingress_http_port = free_port()
+        self.ingress_https_port = free_port()
         self.server = Server(
             extra_args=[
                 "--node-name", self.node_name,
@@ -292,6 +294,8 @@ class Node:
                 "--proxy-metrics-port", str(self.metrics_port),
                 # Names outside the cluster go to a closed local port, never off the machine.
                 "--cluster-dns-upstream", f"127.0.0.1:{free_port()}",
+                "--ingress-http-port", str(self.ingress_http_port),
+                "--ingress-https-port", str(self.ingress_https_port),
             ] + list(extra_args)
         )
         self.data_dir = self.server.data_dir

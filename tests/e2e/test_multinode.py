@@ -154,6 +154,7 @@ class Cluster:
                 "--kubelet-port", str(free_port()),
                 "--proxy-metrics-port", str(free_port()),
                 "--cluster-dns-upstream", f"127.0.0.1:{free_port()}",
+                "--ingress-http-port", "0", "--ingress-https-port", "0",
                 "--node-monitor-grace-period", f"{GRACE}s",
             ],
         )

@@ -73,6 +73,27 @@ pub async fn bootstrap(st: &Shared) -> ApiResult<()> {
             Err(e) => return Err(e),
         }
     }
+    let class_res = st
+        .registry
+        .lookup("networking.k8s.io", "v1", "ingressclasses")
+        .expect("built in");
+    if storage::get(&st.store, &class_res, None, "corral")
+        .await?
+        .is_none()
+    {
+        // The nodes' proxies serve Ingresses of this class; it is the default, as k3s makes
+        // Traefik's, so Ingresses that name no class work too.
+        let class = json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+            "metadata": {"name": "corral", "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}},
+            "spec": {"controller": "corral.dev/ingress"}
+        });
+        match create_object(st, &class_res, None, class, &system_ctx()).await {
+            Ok(_) => {}
+            Err(e) if e.code() == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
     if let Err(e) = bootstrap_cluster_dns(st).await {
         // A cluster without its DNS Service is still a cluster: say so and carry on.
         tracing::warn!(error = %e, "creating the kube-system/kube-dns Service failed");

@@ -297,6 +297,14 @@ pub async fn run(
         informers.nodes.clone(),
     ));
     let lb_queue = lb.register();
+    let ingresses: informer::Informer<k8s_openapi::api::networking::v1::Ingress> =
+        informer::Informer::new("Ingress");
+    let ing_status = Arc::new(servicelb::IngressStatus::new(
+        client.clone(),
+        ingresses.clone(),
+        informers.nodes.clone(),
+    ));
+    let ing_queue = ing_status.register();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -357,6 +365,7 @@ pub async fn run(
         stopped(),
     ));
     tasks.push(endpoints.start(Api::all(client.clone()), stopped()));
+    tasks.push(ingresses.start(Api::all(client.clone()), stopped()));
     tasks.push(namespaces.start(Api::all(client.clone()), stopped()));
     tasks.push(accounts.start(Api::all(client.clone()), stopped()));
     tasks.push(root_ca.start_with(
@@ -459,6 +468,12 @@ pub async fn run(
     tasks.push(workers(&lb_queue, 1, lb.clone(), |c, k| async move {
         c.reconcile(k).await
     }));
+    tasks.push(workers(
+        &ing_queue,
+        1,
+        ing_status.clone(),
+        |c, k| async move { c.reconcile(k).await },
+    ));
     endpoints.synced().await;
     eps.queue_leftovers();
     tasks.push(workers(

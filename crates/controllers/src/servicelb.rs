@@ -7,6 +7,7 @@ use crate::informer::{Change, Informer, Key};
 use crate::nodeutil::ready_status;
 use crate::queue::{Outcome, Queue};
 use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::{json, Value};
@@ -125,4 +126,102 @@ fn internal_ip(node: &Node) -> Option<String> {
         .iter()
         .find(|a| a.type_ == "InternalIP")
         .map(|a| a.address.clone())
+}
+
+/// The same for Ingresses of the `corral` class (or of no class: corral's is the default):
+/// every node answers them, so their status lists the Ready nodes' addresses and
+/// `kubectl get ingress` shows where to send traffic.
+pub struct IngressStatus {
+    client: Client,
+    ingresses: Informer<Ingress>,
+    nodes: Informer<Node>,
+    queue: Queue,
+}
+
+fn is_corral_ingress(ing: &Ingress) -> bool {
+    let class = ing
+        .spec
+        .as_ref()
+        .and_then(|s| s.ingress_class_name.clone())
+        .or_else(|| {
+            ing.annotations()
+                .get("kubernetes.io/ingress.class")
+                .cloned()
+        });
+    class.is_none_or(|c| c == "corral")
+}
+
+impl IngressStatus {
+    pub fn new(client: Client, ingresses: Informer<Ingress>, nodes: Informer<Node>) -> Self {
+        IngressStatus {
+            client,
+            ingresses,
+            nodes,
+            queue: Queue::new("ingress-status"),
+        }
+    }
+
+    pub fn register(self: &Arc<Self>) -> Queue {
+        let q = self.queue.clone();
+        self.ingresses.on_change(move |c| {
+            if let Change::Applied { new, .. } = c {
+                q.add(Key::of(*new));
+            }
+        });
+        let (q, ingresses) = (self.queue.clone(), self.ingresses.clone());
+        self.nodes.on_change(move |c| {
+            let changed = match c {
+                Change::Applied {
+                    old: Some(old),
+                    new,
+                } => ready_status(old) != ready_status(new) || internal_ip(old) != internal_ip(new),
+                _ => true,
+            };
+            if changed {
+                for ing in ingresses.list(is_corral_ingress) {
+                    q.add(Key::of(&*ing));
+                }
+            }
+        });
+        self.queue.clone()
+    }
+
+    pub async fn reconcile(&self, key: Key) -> Outcome {
+        let Some(ing) = self.ingresses.get(&key) else {
+            return Ok(None);
+        };
+        if !is_corral_ingress(&ing) {
+            return Ok(None);
+        }
+        let mut ips: Vec<String> = self
+            .nodes
+            .list(|n| ready_status(n) == Some("True"))
+            .iter()
+            .filter_map(|n| internal_ip(n))
+            .collect();
+        ips.sort();
+        ips.dedup();
+        let want: Vec<Value> = ips.into_iter().map(|ip| json!({"ip": ip})).collect();
+        let current: Vec<Value> = ing
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|i| serde_json::to_value(i).unwrap_or_default())
+            .collect();
+        if current == want {
+            return Ok(None);
+        }
+        let patch = json!({"status": {"loadBalancer": {"ingress": want}}});
+        Api::<Ingress>::namespaced(self.client.clone(), &key.namespace)
+            .patch_status(
+                &ing.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
+        Ok(None)
+    }
 }

@@ -275,6 +275,12 @@ struct NodeArgs {
     /// default: the nameservers of the host's /etc/resolv.conf).
     #[arg(long = "cluster-dns-upstream")]
     cluster_dns_upstreams: Vec<SocketAddr>,
+    /// The node's Ingress HTTP port (IngressClass corral); 0 serves none.
+    #[arg(long, default_value_t = 80)]
+    ingress_http_port: u16,
+    /// The node's Ingress HTTPS port; 0 serves none.
+    #[arg(long, default_value_t = 443)]
+    ingress_https_port: u16,
     /// Port of the proxy's Istio metrics (/stats/prometheus) on the node's address; 0
     /// serves none.
     #[arg(long, default_value_t = 15020)]
@@ -324,6 +330,8 @@ impl NodeArgs {
             cluster_dns,
             cluster_domain: self.cluster_domain.clone(),
             dns_upstreams: self.cluster_dns_upstreams.clone(),
+            ingress_http_port: (self.ingress_http_port != 0).then_some(self.ingress_http_port),
+            ingress_https_port: (self.ingress_https_port != 0).then_some(self.ingress_https_port),
         };
         Some(tokio::spawn(corral_proxy::run(client, cfg, async move {
             let _ = stop.wait_for(|s| *s).await;

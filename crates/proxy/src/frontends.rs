@@ -34,6 +34,8 @@ pub enum AppProtocol {
     Http1,
     /// HTTP per request, HTTP/2 with prior knowledge to the endpoints (gRPC, h2c).
     Http2,
+    /// TLS terminated here (Ingress), then HTTP per request.
+    Https,
 }
 
 impl AppProtocol {
@@ -129,6 +131,8 @@ pub struct Frontends {
     /// AuthorizationPolicies, and the pods they are judged against, by address.
     pub authz: Arc<crate::mesh::authz::Authz>,
     pub pods_by_ip: Arc<HashMap<IpAddr, Arc<crate::pods::PodMeta>>>,
+    /// Ingress TLS certificates by host name (`*.example.com` for wildcards).
+    pub certs: Arc<HashMap<String, Arc<rustls::sign::CertifiedKey>>>,
 }
 
 impl Frontends {
@@ -166,6 +170,9 @@ pub struct NodeAddrs {
     pub skip: Vec<IpAddr>,
     /// The cluster's DNS domain, for resolving Istio hosts.
     pub domain: String,
+    /// The Ingress ports, if this node serves Ingresses.
+    pub ingress_http: Option<u16>,
+    pub ingress_https: Option<u16>,
 }
 
 impl Frontends {
@@ -240,6 +247,37 @@ impl Frontends {
                     out.by_listen.entry(listen).or_insert(fe);
                 }
             }
+        }
+        if node.ingress_http.is_some() || node.ingress_https.is_some() {
+            let (routes, tls) = crate::ingress::compile(view, &mut compiler);
+            for (port, app) in [
+                (node.ingress_http, AppProtocol::Http1),
+                (node.ingress_https, AppProtocol::Https),
+            ] {
+                let Some(port) = port else { continue };
+                for ip in [node.node_ip, Ipv4Addr::LOCALHOST.into()] {
+                    let listen = Listen {
+                        addr: SocketAddr::new(ip, port),
+                        protocol: Protocol::Tcp,
+                    };
+                    out.by_listen.entry(listen).or_insert_with(|| {
+                        Arc::new(Frontend {
+                            service: ServiceKey {
+                                namespace: "kube-system".into(),
+                                name: "corral-ingress".into(),
+                            },
+                            port_name: "ingress".into(),
+                            app,
+                            service_port: port,
+                            routes: Some(routes.clone()),
+                            backends: Vec::new(),
+                            affinity: None,
+                            next: AtomicUsize::new(0),
+                        })
+                    });
+                }
+            }
+            out.certs = Arc::new(crate::tls::certified_keys(&tls, &view.tls_secrets));
         }
         out.clusters = compiler.clusters;
         let mut workloads = crate::telemetry::Workloads::new();
@@ -347,6 +385,8 @@ mod tests {
             node_ip: "192.0.2.10".parse().unwrap(),
             skip: vec![],
             domain: "cluster.local".into(),
+            ingress_http: None,
+            ingress_https: None,
         }
     }
 
@@ -434,6 +474,8 @@ mod tests {
             node_ip: "192.0.2.10".parse().unwrap(),
             skip: vec!["10.43.0.5".parse().unwrap()],
             domain: "cluster.local".into(),
+            ingress_http: None,
+            ingress_https: None,
         };
         assert!(Frontends::build(&view, &n, &Frontends::default())
             .by_listen

@@ -77,6 +77,7 @@ pub async fn serve(
     upstreams: Arc<Upstreams>,
     stats: Arc<Stats>,
     telemetry: Arc<Telemetry>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -90,8 +91,14 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let (table, upstreams, stats) = (table.clone(), upstreams.clone(), stats.clone());
         let telemetry = telemetry.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                req.headers_mut().insert(
+                    HeaderName::from_static("x-forwarded-proto"),
+                    HeaderValue::from_static(scheme),
+                );
                 let frontends = table.borrow().clone();
                 let fe = frontends.by_listen.get(&listen).cloned();
                 let (upstreams, stats) = (upstreams.clone(), stats.clone());
@@ -112,9 +119,25 @@ pub async fn serve(
                     Ok::<_, Infallible>(resp)
                 }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            match tls {
+                Some(acceptor) => {
+                    let Ok(Ok(stream)) =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                            .await
+                    else {
+                        return;
+                    };
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                }
+                None => {
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                }
+            }
         });
     }
 }
@@ -420,7 +443,8 @@ impl Attempt<'_> {
             let more = n < self.retry.attempts && !matches!(body, Buffered::Stream(None));
             match result {
                 Ok(Ok(mut resp)) => {
-                    resp.extensions_mut().insert(ServedBy(addr.ip()));
+                    resp.extensions_mut()
+                        .insert(ServedBy(addr.ip(), c.key.service.clone()));
                     let status = resp.status().as_u16();
                     self.judge(
                         addr,

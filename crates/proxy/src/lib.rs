@@ -7,6 +7,7 @@
 pub mod dns;
 pub mod frontends;
 pub mod http;
+pub mod ingress;
 pub mod listeners;
 mod local_ips;
 pub mod mesh;
@@ -16,6 +17,7 @@ mod tcp;
 pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
+mod tls;
 mod udp;
 pub mod view;
 
@@ -41,6 +43,9 @@ pub struct ProxyConfig {
     pub cluster_dns: Option<IpAddr>,
     /// The cluster's DNS domain (`cluster.local`).
     pub cluster_domain: String,
+    /// The node's Ingress ports (None: no Ingress on this node).
+    pub ingress_http_port: Option<u16>,
+    pub ingress_https_port: Option<u16>,
     /// Where the proxy serves its Istio metrics (`/stats/prometheus`); None: nowhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Where names outside the cluster domain are forwarded (host:port); empty means the
@@ -67,6 +72,8 @@ pub async fn run(
         node_ip: cfg.node_ip,
         skip: cfg.cluster_dns.into_iter().collect(),
         domain: cfg.cluster_domain.clone(),
+        ingress_http: cfg.ingress_http_port,
+        ingress_https: cfg.ingress_https_port,
     };
     let mut shutdown = std::pin::pin!(shutdown);
     // The first view arrives once both lists are in; until then nothing is bound.

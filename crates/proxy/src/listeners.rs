@@ -83,8 +83,11 @@ impl Listeners {
                 let listener = tcp::bind(listen.addr)?;
                 let upstreams = self.upstreams.clone();
                 let telemetry = self.telemetry.clone();
+                let tls = (app == AppProtocol::Https).then(|| {
+                    tokio_rustls::TlsAcceptor::from(crate::tls::server_config(table.clone()))
+                });
                 tokio::spawn(http::serve(
-                    listener, listen, table, upstreams, stats, telemetry,
+                    listener, listen, table, upstreams, stats, telemetry, tls,
                 ))
             }
             _ => {

@@ -27,9 +27,10 @@ pub struct Workload {
 /// Workloads by pod address.
 pub type Workloads = HashMap<IpAddr, Arc<Workload>>;
 
-/// The endpoint that answered a request (a response extension telemetry reads).
-#[derive(Clone, Copy, Debug)]
-pub struct ServedBy(pub IpAddr);
+/// The endpoint that answered a request and the Service it belongs to (a response
+/// extension telemetry reads: behind an Ingress the Service varies per route).
+#[derive(Clone, Debug)]
+pub struct ServedBy(pub IpAddr, pub ServiceKey);
 
 /// Who asked whom, for one request's labels.
 pub struct RequestContext<'a> {
@@ -191,11 +192,13 @@ impl Telemetry {
         resp: &http::Response<crate::http::Body>,
         elapsed: std::time::Duration,
     ) {
-        let served_by = resp.extensions().get::<ServedBy>().map(|s| s.0);
+        let served_by = resp.extensions().get::<ServedBy>();
         let mut l = Labels::new(
             ctx.workloads.get(&ctx.peer).map(|w| &**w),
-            served_by.and_then(|a| ctx.workloads.get(&a)).map(|w| &**w),
-            ctx.service,
+            served_by
+                .and_then(|s| ctx.workloads.get(&s.0))
+                .map(|w| &**w),
+            served_by.map(|s| &s.1).unwrap_or(ctx.service),
             ctx.domain,
             ctx.protocol,
         );

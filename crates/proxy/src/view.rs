@@ -127,6 +127,9 @@ pub struct MeshResource<S> {
     pub spec: S,
 }
 
+/// TLS Secrets by (namespace, name): certificate chain and private key, PEM.
+pub type TlsSecrets = std::collections::HashMap<(String, String), Arc<(Vec<u8>, Vec<u8>)>>;
+
 pub type VirtualService = MeshResource<crate::mesh::config::VirtualServiceSpec>;
 pub type DestinationRule = MeshResource<crate::mesh::config::DestinationRuleSpec>;
 
@@ -137,6 +140,11 @@ pub struct ClusterView {
     /// Running pods by address (the source of a connection).
     pub pods_by_ip: Arc<std::collections::HashMap<IpAddr, Arc<PodMeta>>>,
     pub authorization_policies: Vec<Arc<crate::mesh::authz::AuthorizationPolicy>>,
+    pub ingresses: Vec<Arc<k8s_openapi::api::networking::v1::Ingress>>,
+    /// The IngressClass annotated as the cluster's default, if any.
+    pub default_ingress_class: Option<String>,
+    /// TLS Secrets (certificate chain and key, PEM) by namespace and name.
+    pub tls_secrets: TlsSecrets,
     pub virtual_services: Vec<Arc<VirtualService>>,
     pub destination_rules: Vec<Arc<DestinationRule>>,
 }
@@ -322,6 +330,11 @@ pub fn watch_cluster(client: Client) -> (watch::Receiver<Arc<ClusterView>>, impl
     let (services, svc_task) = reflect::<Service>(client.clone(), changed.clone());
     let (slices, slice_task) = reflect::<EndpointSlice>(client.clone(), changed.clone());
     let (pods, pod_task) = crate::pods::watch_pods(client.clone(), changed.clone());
+    let (ingresses, ing_task) =
+        reflect::<k8s_openapi::api::networking::v1::Ingress>(client.clone(), changed.clone());
+    let (classes, class_task) =
+        reflect::<k8s_openapi::api::networking::v1::IngressClass>(client.clone(), changed.clone());
+    let (secrets, secret_task) = reflect_tls_secrets(client.clone(), changed.clone());
     let networking = "networking.istio.io";
     let security = "security.istio.io";
     let (vss, vs_task) = reflect_istio(
@@ -350,6 +363,9 @@ pub fn watch_cluster(client: Client) -> (watch::Receiver<Arc<ClusterView>>, impl
             return;
         }
         pods.wait_until_ready().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), ingresses.wait_until_ready()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), classes.wait_until_ready()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), secrets.wait_until_ready()).await;
         for store in [&vss, &drs, &aps] {
             let _ = tokio::time::timeout(Duration::from_secs(2), store.wait_until_ready()).await;
         }
@@ -365,6 +381,27 @@ pub fn watch_cluster(client: Client) -> (watch::Receiver<Arc<ClusterView>>, impl
             view.virtual_services = parse_istio(&vss.state());
             view.destination_rules = parse_istio(&drs.state());
             view.authorization_policies = parse_istio(&aps.state());
+            view.ingresses = ingresses.state();
+            view.default_ingress_class = classes
+                .state()
+                .iter()
+                .find(|c| {
+                    c.annotations()
+                        .get("ingressclass.kubernetes.io/is-default-class")
+                        .is_some_and(|v| v == "true")
+                })
+                .map(|c| c.name_any());
+            view.tls_secrets = secrets
+                .state()
+                .iter()
+                .filter_map(|s| {
+                    let data = s.data.as_ref()?;
+                    let cert = data.get("tls.crt")?.0.clone();
+                    let key = data.get("tls.key")?.0.clone();
+                    let id = (s.namespace().unwrap_or_default(), s.name_any());
+                    Some((id, Arc::new((cert, key))))
+                })
+                .collect();
             if tx.send(Arc::new(view)).is_err() {
                 return;
             }
@@ -373,7 +410,17 @@ pub fn watch_cluster(client: Client) -> (watch::Receiver<Arc<ClusterView>>, impl
         }
     });
     let stop = move || {
-        for t in [svc_task, slice_task, pod_task, vs_task, dr_task, ap_task] {
+        for t in [
+            svc_task,
+            slice_task,
+            pod_task,
+            vs_task,
+            dr_task,
+            ap_task,
+            ing_task,
+            class_task,
+            secret_task,
+        ] {
             t.abort();
         }
         builder.abort();
@@ -435,6 +482,22 @@ fn reflect_istio(
         writer,
         watcher(api, watcher::Config::default()).default_backoff(),
     );
+    (reader, spawn_drain(stream, changed))
+}
+
+/// TLS Secrets only (the proxy has no business with the others), asked of the server by
+/// field selector.
+fn reflect_tls_secrets(
+    client: Client,
+    changed: Arc<Notify>,
+) -> (
+    Store<k8s_openapi::api::core::v1::Secret>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (reader, writer) = reflector::store();
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::all(client);
+    let cfg = watcher::Config::default().fields("type=kubernetes.io/tls");
+    let stream = reflector::reflector(writer, watcher(api, cfg).default_backoff());
     (reader, spawn_drain(stream, changed))
 }
 

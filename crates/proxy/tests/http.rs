@@ -69,6 +69,8 @@ fn proxy(frontend: SocketAddr, backends: &[SocketAddr]) -> Proxy {
         node_ip: "127.0.0.1".parse().unwrap(),
         skip: vec![],
         domain: "cluster.local".into(),
+        ingress_http: None,
+        ingress_https: None,
     };
     let fe = Arc::new(Frontends::build(&view, &node, &Frontends::default()));
     tx.send_replace(fe.clone());

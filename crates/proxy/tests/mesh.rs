@@ -96,6 +96,8 @@ impl Proxy {
             node_ip: "127.0.0.1".parse().unwrap(),
             skip: vec![],
             domain: "cluster.local".into(),
+            ingress_http: None,
+            ingress_https: None,
         };
         let fe = Arc::new(Frontends::build(view, &node, &self.tx.borrow()));
         self.tx.send_replace(fe.clone());

@@ -647,6 +647,8 @@ mod tests {
 
     fn ep(ip: &str, hostname: Option<&str>, ready: bool) -> Endpoint {
         Endpoint {
+            labels: Default::default(),
+            workload: None,
             addresses: vec![ip.parse().unwrap()],
             hostname: hostname.map(Into::into),
             node_name: None,

@@ -138,6 +138,8 @@ fn service(ns: &str, name: &str) -> ServiceInfo {
 
 fn endpoint(addr: IpAddr, hostname: Option<&str>, ready: bool) -> Endpoint {
     Endpoint {
+        labels: Default::default(),
+        workload: None,
         addresses: vec![addr],
         hostname: hostname.map(Into::into),
         node_name: Some("node-1".into()),
@@ -650,6 +652,9 @@ async fn view_changes_are_seen_by_the_next_query() {
 #[test]
 fn proxy_config_picks_upstreams() {
     let mut cfg = crate::ProxyConfig {
+        metrics_addr: None,
+        ingress_http_port: None,
+        ingress_https_port: None,
         node_name: "n".into(),
         node_ip: ip("192.0.2.10"),
         state_dir: "/tmp".into(),

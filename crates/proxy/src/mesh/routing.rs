@@ -199,7 +199,7 @@ pub enum Matcher {
 }
 
 impl Matcher {
-    fn compile(m: &StringMatch, ignore_case: bool) -> Result<Matcher, String> {
+    pub fn compile(m: &StringMatch, ignore_case: bool) -> Result<Matcher, String> {
         let lower = |s: &String| {
             if ignore_case {
                 s.to_ascii_lowercase()
@@ -259,6 +259,18 @@ pub struct Match {
 }
 
 impl Match {
+    /// Compiles matches made by corral itself (Ingress rules), which are valid by
+    /// construction; one that is not is dropped with a log line.
+    pub fn compile_all(ms: &[HttpMatch]) -> Vec<Match> {
+        ms.iter()
+            .filter_map(|m| {
+                Match::compile(m)
+                    .map_err(|e| tracing::warn!(error = %e, "dropping a route match"))
+                    .ok()
+            })
+            .collect()
+    }
+
     fn compile(m: &HttpMatch) -> Result<Match, String> {
         let map = |h: &BTreeMap<String, StringMatch>| -> Result<Vec<(String, Matcher)>, String> {
             h.iter()
@@ -645,6 +657,27 @@ impl<'a> Compiler<'a> {
             d.port.as_ref().and_then(|p| p.number),
             port,
         )
+    }
+
+    /// The cluster for a Service port given by number or by name (an Ingress backend).
+    pub fn service_port(
+        &mut self,
+        key: &ServiceKey,
+        number: Option<i32>,
+        name: Option<&str>,
+    ) -> Result<Arc<Cluster>, String> {
+        let svc = self
+            .view
+            .services
+            .get(key)
+            .ok_or_else(|| format!("service {}.{} not found", key.name, key.namespace))?;
+        let port = match (number, name) {
+            (Some(n), _) => u16::try_from(n).ok(),
+            (None, Some(name)) => svc.ports.iter().find(|p| p.name == name).map(|p| p.port),
+            (None, None) => None,
+        }
+        .ok_or_else(|| format!("service {}.{} has no such port", key.name, key.namespace))?;
+        self.cluster(key, None, Some(port), port)
     }
 
     /// The cluster for a Service port (the one asked for, the only one, or the one with
