@@ -6,13 +6,16 @@ reached on loopback; cluster IPs come from a service range of this server's own 
 proxy puts on lo and removes again when it stops.
 """
 
+import http.client
 import os
 import socket
+import ssl
 import struct
 import subprocess
 import threading
 import time
 import urllib.error
+import urllib.request
 
 import uuid
 
@@ -25,7 +28,6 @@ from svc_helpers import (WHOAMI, apply, client_pod, cluster_ip, deployment, from
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="the node agent and proxy need root (namespaces, bridges, lo addresses)"
 )
-
 
 class FakeUpstream:
     """A DNS server on 127.0.0.1 answering every A question with 192.0.2.77, standing in
@@ -62,13 +64,11 @@ class FakeUpstream:
     def close(self):
         self.sock.close()
 
-
 @pytest.fixture(scope="module")
 def upstream():
     u = FakeUpstream()
     yield u
     u.close()
-
 
 @pytest.fixture(scope="module")
 def node(images, upstream):
@@ -77,11 +77,9 @@ def node(images, upstream):
     yield n
     n.cleanup()
 
-
 @pytest.fixture
 def kc(node):
     return node.kubectl
-
 
 @pytest.fixture
 def sns(node, kc):
@@ -93,7 +91,6 @@ def sns(node, kc):
     wait_for(f"the pods of {name} to be gone",
              lambda: not kc.json("get", "pods", "-n", name)["items"], timeout=90)
     kc.run("delete", "namespace", name, "--wait=false", check=False)
-
 
 def test_cluster_ip_from_a_pod_and_the_node_spreads_over_ready_pods(kc, sns):
     apply(kc, sns, deployment("who", 3, WHOAMI), service("who", "who"))
@@ -110,7 +107,6 @@ def test_cluster_ip_from_a_pod_and_the_node_spreads_over_ready_pods(kc, sns):
     assert env["WHO_PORT"] == f"tcp://{ip}:80"
     assert env["KUBERNETES_SERVICE_HOST"] == cluster_ip(kc, "default", "kubernetes")
     assert env["KUBERNETES_SERVICE_PORT"] == "443"
-
 
 def test_node_port_and_load_balancer_on_the_node_address(kc, sns):
     lb_port = 18000 + os.getpid() % 1000
@@ -130,7 +126,6 @@ def test_node_port_and_load_balancer_on_the_node_address(kc, sns):
     lb_np = kc.json("get", "service", "web-lb", "-n", sns)["spec"]["ports"][0]["nodePort"]
     assert http_get(f"http://127.0.0.1:{lb_np}/") == "web v1"
 
-
 def test_client_ip_affinity_keeps_a_client_on_one_pod(kc, sns):
     apply(kc, sns, deployment("sticky", 3, WHOAMI), service("sticky", "sticky", sessionAffinity="ClientIP"))
     client_pod(kc, sns)
@@ -138,7 +133,6 @@ def test_client_ip_affinity_keeps_a_client_on_one_pod(kc, sns):
     ip = cluster_ip(kc, sns, "sticky")
     seen = {from_pod(kc, sns, f"http://{ip}/") for _ in range(6)}
     assert len(seen) == 1, seen
-
 
 def test_unready_pods_get_no_traffic_and_a_service_without_endpoints_refuses(kc, sns):
     gate = ["sh", "-c", "mkdir -p /w && hostname > /w/index.html && touch /w/ok && exec httpd -f -p 8080 -h /w"]
@@ -173,7 +167,6 @@ def test_unready_pods_get_no_traffic_and_a_service_without_endpoints_refuses(kc,
     assert time.time() - started < 10
     assert "refused" in out.stderr.lower() or "reset" in out.stderr.lower(), out.stderr
 
-
 def test_rolling_a_deployment_behind_a_service_loses_no_request(kc, sns):
     dep = deployment("roll", 2, image="busybox-web:1")
     dep["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
@@ -204,7 +197,6 @@ def test_rolling_a_deployment_behind_a_service_loses_no_request(kc, sns):
     assert not errors, f"{len(errors)} of {len(results)} requests failed: {errors[:3]}"
     assert {"web v1", "web v2"} <= set(results)
 
-
 def test_the_proxy_removes_its_addresses_when_it_stops_and_after_a_crash(node, kc, sns):
     apply(kc, sns, service("addr", "nothing"))
     ip = cluster_ip(kc, sns, "addr")
@@ -228,7 +220,6 @@ def test_the_proxy_removes_its_addresses_when_it_stops_and_after_a_crash(node, k
     assert not {a for a in on_lo() if a.startswith(node.server.service_cidr.rsplit(".", 1)[0] + ".")}, on_lo()
     node.server.start()
     wait_for("the cluster IP on lo again", lambda: ip in on_lo())
-
 
 def test_cluster_dns_from_a_pod(kc, sns, upstream):
     apply(kc, sns, deployment("named", 2, WHOAMI), service("named", "named"),
@@ -256,3 +247,66 @@ def test_cluster_dns_from_a_pod(kc, sns, upstream):
     out = kc("exec", "client", "-n", sns, "--", "nslookup", "www.example.test.")
     assert "192.0.2.77" in out, out
     assert "www.example.test" in upstream.questions
+
+def test_ingress_routes_hosts_and_paths_with_tls(node, kc, sns, tmp_path):
+    # Each pod answers its own name at every path the rules below route.
+    paths = ["sh", "-c", "mkdir -p /w/web && for f in index.html web/index.html webx exact; do "
+                         "hostname > /w/$f; done && exec httpd -f -p 8080 -h /w"]
+    apply(kc, sns, deployment("web", 1, paths), service("web", "web"),
+          deployment("who", 1, paths), service("who", "who"))
+    wait_ready_endpoints(kc, sns, "web", 1)
+    wait_ready_endpoints(kc, sns, "who", 1)
+    web = kc.json("get", "pods", "-n", sns, "-l", "app=web")["items"][0]["metadata"]["name"]
+    who = kc.json("get", "pods", "-n", sns, "-l", "app=who")["items"][0]["metadata"]["name"]
+    key, crt = tmp_path / "tls.key", tmp_path / "tls.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=shop.example.test", "-addext", "subjectAltName=DNS:shop.example.test",
+                    "-keyout", str(key), "-out", str(crt)], check=True, capture_output=True)
+    kc.run("create", "secret", "tls", "shop-tls", "-n", sns, f"--cert={crt}", f"--key={key}")
+    ingress = {
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "shop"},
+        "spec": {
+            "tls": [{"hosts": ["shop.example.test"], "secretName": "shop-tls"}],
+            "defaultBackend": {"service": {"name": "who", "port": {"number": 80}}},
+            "rules": [{"host": "shop.example.test", "http": {"paths": [
+                {"path": "/web", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"name": "http"}}}},
+                {"path": "/exact", "pathType": "Exact", "backend": {"service": {"name": "web", "port": {"number": 80}}}},
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "who", "port": {"number": 80}}}},
+            ]}}],
+        },
+    }
+    apply(kc, sns, ingress)
+    base = f"http://127.0.0.1:{node.ingress_http_port}"
+
+    def get(path, host="shop.example.test"):
+        req = urllib.request.Request(base + path, headers={"Host": host})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.read().decode().strip()
+
+    assert wait_for("the Ingress to route", lambda: get("/web/index.html") == web)
+    assert get("/webx") == who, "a Prefix path matches whole elements only"
+    assert get("/exact") == web
+    assert get("/") == who
+    assert get("/", host="other.example.test") == who, "the default backend takes other hosts"
+    assert get("/exact", host="SHOP.example.test:80") == web, "hosts match without case or port"
+    # The Ingress's status names the node; kubectl shows the class and address.
+    wait_for("the Ingress status", lambda: kc.json("get", "ingress", "shop", "-n", sns)["status"]
+             .get("loadBalancer", {}).get("ingress") == [{"ip": "127.0.0.1"}])
+    out = kc("get", "ingress", "shop", "-n", sns)
+    assert "corral" in out and "127.0.0.1" in out, out
+    # HTTPS with the Secret's certificate, chosen by SNI.
+    ctx = ssl.create_default_context(cafile=str(crt))
+    conn = http.client.HTTPSConnection("shop.example.test", node.ingress_https_port, context=ctx, timeout=5)
+    conn.sock = ctx.wrap_socket(socket.create_connection(("127.0.0.1", node.ingress_https_port), timeout=5),
+                                server_hostname="shop.example.test")
+    conn.request("GET", "/web/index.html", headers={"Host": "shop.example.test"})
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.read().decode().strip() == web
+    conn.close()
+    # A host without a certificate gets no TLS handshake.
+    with pytest.raises(ssl.SSLError):
+        ctx2 = ssl.create_default_context(cafile=str(crt))
+        ctx2.check_hostname = False
+        ctx2.wrap_socket(socket.create_connection(("127.0.0.1", node.ingress_https_port), timeout=5),
+                         server_hostname="nocert.example.test")
+    kc.run("delete", "ingress", "shop", "-n", sns)

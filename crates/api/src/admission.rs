@@ -51,21 +51,60 @@ pub async fn default_storage_class(st: &Shared, res: &Resource, obj: &mut Value)
     if !is_core(res, "persistentvolumeclaims") || !obj["spec"]["storageClassName"].is_null() {
         return Ok(());
     }
-    let Some(r) = st.registry.lookup("storage.k8s.io", "v1", "storageclasses") else {
+    let annotations = [
+        "storageclass.kubernetes.io/is-default-class",
+        "storageclass.beta.kubernetes.io/is-default-class",
+    ];
+    if let Some(name) = newest_default(st, "storage.k8s.io", "storageclasses", &annotations).await?
+    {
+        if obj["spec"].is_object() {
+            obj["spec"]["storageClassName"] = json!(name);
+        }
+    }
+    Ok(())
+}
+
+/// DefaultIngressClass: an Ingress created naming no class (neither
+/// `ingressClassName` nor the old annotation) gets the default IngressClass.
+pub async fn default_ingress_class(st: &Shared, res: &Resource, obj: &mut Value) -> ApiResult<()> {
+    if res.group != "networking.k8s.io"
+        || res.plural != "ingresses"
+        || !obj["spec"]["ingressClassName"].is_null()
+        || !obj["metadata"]["annotations"]["kubernetes.io/ingress.class"].is_null()
+    {
         return Ok(());
+    }
+    let annotations = ["ingressclass.kubernetes.io/is-default-class"];
+    if let Some(name) =
+        newest_default(st, "networking.k8s.io", "ingressclasses", &annotations).await?
+    {
+        if obj["spec"].is_object() {
+            obj["spec"]["ingressClassName"] = json!(name);
+        }
+    }
+    Ok(())
+}
+
+/// The newest class object annotated as the default by one of `annotations`.
+async fn newest_default(
+    st: &Shared,
+    group: &str,
+    resource: &str,
+    annotations: &[&str],
+) -> ApiResult<Option<String>> {
+    let Some(r) = st.registry.lookup(group, "v1", resource) else {
+        return Ok(None);
     };
     let start = storage::prefix(&r, None);
     let end = storage::prefix_end(&start);
     let page = st.store.range(&start, &end, 0).await?;
-    let is_default = |c: &Value| {
-        let a = &c["metadata"]["annotations"];
-        a["storageclass.kubernetes.io/is-default-class"] == "true"
-            || a["storageclass.beta.kubernetes.io/is-default-class"] == "true"
-    };
     let mut best: Option<(String, String)> = None;
     for kv in &page.kvs {
         let c = storage::decode(&r, kv)?;
-        if !is_default(&c) {
+        if !annotations
+            .iter()
+            .any(|a| c["metadata"]["annotations"][*a] == "true")
+        {
             continue;
         }
         let created = c["metadata"]["creationTimestamp"]
@@ -80,12 +119,7 @@ pub async fn default_storage_class(st: &Shared, res: &Resource, obj: &mut Value)
             best = Some((created, name));
         }
     }
-    if let Some((_, name)) = best {
-        if obj["spec"].is_object() {
-            obj["spec"]["storageClassName"] = json!(name);
-        }
-    }
-    Ok(())
+    Ok(best.map(|(_, name)| name))
 }
 
 /// LimitRanger: defaults on pod create, then min/max/ratio for pods (create) and claims

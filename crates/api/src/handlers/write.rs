@@ -223,6 +223,7 @@ pub async fn create_object(
     }
     check_namespace(st, res, ns).await?;
     admission::default_storage_class(st, res, &mut obj).await?;
+    admission::default_ingress_class(st, res, &mut obj).await?;
     admission::limit_ranges(st, res, ns, &mut obj, false).await?;
     if !ctx.apply {
         // A create owns what the client sent and was kept, not what defaulting filled in.
