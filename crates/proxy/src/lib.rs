@@ -55,6 +55,7 @@ pub struct ProxyConfig {
 
 /// How often binds that failed are retried while nothing else changes.
 const BIND_RETRY: Duration = Duration::from_secs(2);
+const MAX_BIND_RETRY: Duration = Duration::from_secs(30);
 
 /// Runs the proxy until `shutdown` resolves, then closes its listeners and removes the
 /// addresses it added to `lo`. Connections in flight at shutdown are cut with the process.
@@ -94,16 +95,25 @@ pub async fn run(
     });
     let mut dns: Option<tokio::task::JoinHandle<()>> = None;
     let mut dns_error: Option<String> = None;
+    // Binds that failed are retried with a growing pause, without rebuilding anything,
+    // so a port that stays taken costs next to nothing.
+    let mut retry_in = BIND_RETRY;
+    let mut rebuild = true;
+    let mut fe = table_tx.borrow().clone();
     loop {
-        let view = views.borrow_and_update().clone();
-        let started = std::time::Instant::now();
-        let fe = Arc::new(Frontends::build(&view, &node, &table_tx.borrow()));
-        let mut want = fe.local_ips.clone();
-        if let Some(std::net::IpAddr::V4(dns)) = cfg.cluster_dns {
-            want.insert(dns);
+        if rebuild {
+            let view = views.borrow_and_update().clone();
+            let started = std::time::Instant::now();
+            fe = Arc::new(Frontends::build(&view, &node, &table_tx.borrow()));
+            let mut want = fe.local_ips.clone();
+            if let Some(std::net::IpAddr::V4(dns)) = cfg.cluster_dns {
+                want.insert(dns);
+            }
+            ips.reconcile(&want);
+            table_tx.send_replace(fe.clone());
+            tracing::debug!(services = view.services.len(), frontends = fe.by_listen.len(),
+                took = ?started.elapsed(), "proxy configuration applied");
         }
-        ips.reconcile(&want);
-        table_tx.send_replace(fe.clone());
         let mut retry = listeners.reconcile(&fe);
         if dns.is_none() {
             if let Some(ip) = cfg.cluster_dns {
@@ -119,12 +129,19 @@ pub async fn run(
                 }
             }
         }
-        tracing::debug!(services = view.services.len(), frontends = fe.by_listen.len(),
-            took = ?started.elapsed(), "proxy configuration applied");
+        if !retry {
+            retry_in = BIND_RETRY;
+        }
         tokio::select! {
             _ = &mut shutdown => break,
-            r = views.changed() => if r.is_err() { break },
-            _ = tokio::time::sleep(BIND_RETRY), if retry => {}
+            r = views.changed() => {
+                if r.is_err() { break }
+                rebuild = true;
+            }
+            _ = tokio::time::sleep(retry_in), if retry => {
+                rebuild = false;
+                retry_in = (retry_in * 2).min(MAX_BIND_RETRY);
+            }
         }
     }
     listeners.stop_all();
