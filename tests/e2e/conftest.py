@@ -2,6 +2,7 @@
 official `kubernetes` Python client pointed at it. Everything a test starts is stopped and
 every directory it makes is removed when it ends."""
 
+import contextlib
 import json
 import os
 import random
@@ -312,6 +313,22 @@ class Node:
         assert "docker.io/library/busybox:test" in ls
         self.server.start()
         self.kubectl = Kubectl(self.server)
+
+    @contextlib.contextmanager
+    def namespace(self, prefix):
+        """A fresh namespace; afterwards its workloads, Services and pods are deleted, then it."""
+        kc = self.kubectl
+        name = prefix + uuid.uuid4().hex[:8]
+        kc.run("create", "namespace", name)
+        try:
+            yield name
+        finally:
+            kc.run("delete", "deployments,statefulsets,daemonsets,jobs,services", "--all", "-n", name,
+                   "--wait=false", check=False)
+            kc.run("delete", "pods", "--all", "-n", name, "--grace-period=0", "--force", check=False)
+            wait_for(f"the pods of {name} to be gone",
+                     lambda: not kc.json("get", "pods", "-n", name)["items"], timeout=90)
+            kc.run("delete", "namespace", name, "--wait=false", check=False)
 
     @property
     def runtime(self):

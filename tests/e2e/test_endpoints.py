@@ -10,7 +10,6 @@ Needs root (namespaces, cgroups, bridges); skips with a message otherwise."""
 import json
 import os
 import time
-import uuid
 
 import pytest
 
@@ -37,19 +36,9 @@ def kc(node):
 
 
 @pytest.fixture
-def ens(node, kc):
-    """A namespace whose workloads and pods are deleted afterwards, then itself."""
-    name = "e-" + uuid.uuid4().hex[:8]
-    kc.run("create", "namespace", name)
-    yield name
-    kc.run("delete", "deployments,statefulsets,services", "--all", "-n", name, "--wait=false", check=False)
-    kc.run("delete", "pods", "--all", "-n", name, "--grace-period=0", "--force", check=False)
-    wait_for(
-        f"pods of {name} to be gone",
-        lambda: not kc.json("get", "pods", "-n", name)["items"],
-        timeout=60,
-    )
-    kc.run("delete", "namespace", name, "--wait=false", check=False)
+def ens(node):
+    with node.namespace("e-") as name:
+        yield name
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import json
 import os
 import urllib.error
 import urllib.request
-import uuid
 
 import pytest
 
@@ -51,14 +50,9 @@ def kc(node):
 
 @pytest.fixture
 def mns(node, kc):
-    name = "m-" + uuid.uuid4().hex[:8]
-    kc.run("create", "namespace", name)
-    kc.run("create", "configmap", "cgi", "-n", name, *[f"--from-literal={k}={v}" for k, v in SCRIPTS.items()])
-    yield name
-    kc.run("delete", "deployments,services", "--all", "-n", name, "--wait=false", check=False)
-    kc.run("delete", "pods", "--all", "-n", name, "--grace-period=0", "--force", check=False)
-    wait_for(f"the pods of {name} to be gone", lambda: not kc.json("get", "pods", "-n", name)["items"], timeout=90)
-    kc.run("delete", "namespace", name, "--wait=false", check=False)
+    with node.namespace("m-") as name:
+        kc.run("create", "configmap", "cgi", "-n", name, *[f"--from-literal={k}={v}" for k, v in SCRIPTS.items()])
+        yield name
 
 
 def with_cgi(dep, labels=None):

@@ -15,7 +15,6 @@ import subprocess
 import tempfile
 import time
 import urllib.request
-import uuid
 
 import pytest
 
@@ -39,19 +38,9 @@ def kc(node):
 
 
 @pytest.fixture
-def pns(node, kc):
-    """A namespace on the agent's server; its workloads and pods are deleted afterwards."""
-    name = "p-" + uuid.uuid4().hex[:8]
-    kc.run("create", "namespace", name)
-    yield name
-    kc.run("delete", "deployments", "--all", "-n", name, "--wait=false", check=False)
-    kc.run("delete", "pods", "--all", "-n", name, "--grace-period=0", "--force", check=False)
-    wait_for(
-        f"pods of {name} to be gone",
-        lambda: not kc.json("get", "pods", "-n", name)["items"],
-        timeout=60,
-    )
-    kc.run("delete", "namespace", name, "--wait=false", check=False)
+def pns(node):
+    with node.namespace("p-") as name:
+        yield name
 
 
 @pytest.fixture

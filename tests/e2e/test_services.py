@@ -17,7 +17,6 @@ import time
 import urllib.error
 import urllib.request
 
-import uuid
 
 import pytest
 
@@ -28,6 +27,7 @@ from svc_helpers import (WHOAMI, apply, client_pod, cluster_ip, deployment, from
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="the node agent and proxy need root (namespaces, bridges, lo addresses)"
 )
+
 
 class FakeUpstream:
     """A DNS server on 127.0.0.1 answering every A question with 192.0.2.77, standing in
@@ -64,33 +64,40 @@ class FakeUpstream:
     def close(self):
         self.sock.close()
 
+
 @pytest.fixture(scope="module")
+
+
 def upstream():
     u = FakeUpstream()
     yield u
     u.close()
 
+
 @pytest.fixture(scope="module")
+
+
 def node(images, upstream):
     n = Node(images, extra_args=["--node-ip", "127.0.0.1",
                                  "--cluster-dns-upstream", f"127.0.0.1:{upstream.port}"])
     yield n
     n.cleanup()
 
+
 @pytest.fixture
+
+
 def kc(node):
     return node.kubectl
 
+
 @pytest.fixture
-def sns(node, kc):
-    name = "s-" + uuid.uuid4().hex[:8]
-    kc.run("create", "namespace", name)
-    yield name
-    kc.run("delete", "deployments,services", "--all", "-n", name, "--wait=false", check=False)
-    kc.run("delete", "pods", "--all", "-n", name, "--grace-period=0", "--force", check=False)
-    wait_for(f"the pods of {name} to be gone",
-             lambda: not kc.json("get", "pods", "-n", name)["items"], timeout=90)
-    kc.run("delete", "namespace", name, "--wait=false", check=False)
+
+
+def sns(node):
+    with node.namespace("s-") as name:
+        yield name
+
 
 def test_cluster_ip_from_a_pod_and_the_node_spreads_over_ready_pods(kc, sns):
     apply(kc, sns, deployment("who", 3, WHOAMI), service("who", "who"))
@@ -107,6 +114,7 @@ def test_cluster_ip_from_a_pod_and_the_node_spreads_over_ready_pods(kc, sns):
     assert env["WHO_PORT"] == f"tcp://{ip}:80"
     assert env["KUBERNETES_SERVICE_HOST"] == cluster_ip(kc, "default", "kubernetes")
     assert env["KUBERNETES_SERVICE_PORT"] == "443"
+
 
 def test_node_port_and_load_balancer_on_the_node_address(kc, sns):
     lb_port = 18000 + os.getpid() % 1000
@@ -126,6 +134,7 @@ def test_node_port_and_load_balancer_on_the_node_address(kc, sns):
     lb_np = kc.json("get", "service", "web-lb", "-n", sns)["spec"]["ports"][0]["nodePort"]
     assert http_get(f"http://127.0.0.1:{lb_np}/") == "web v1"
 
+
 def test_client_ip_affinity_keeps_a_client_on_one_pod(kc, sns):
     apply(kc, sns, deployment("sticky", 3, WHOAMI), service("sticky", "sticky", sessionAffinity="ClientIP"))
     client_pod(kc, sns)
@@ -133,6 +142,7 @@ def test_client_ip_affinity_keeps_a_client_on_one_pod(kc, sns):
     ip = cluster_ip(kc, sns, "sticky")
     seen = {from_pod(kc, sns, f"http://{ip}/") for _ in range(6)}
     assert len(seen) == 1, seen
+
 
 def test_unready_pods_get_no_traffic_and_a_service_without_endpoints_refuses(kc, sns):
     gate = ["sh", "-c", "mkdir -p /w && hostname > /w/index.html && touch /w/ok && exec httpd -f -p 8080 -h /w"]
@@ -167,6 +177,7 @@ def test_unready_pods_get_no_traffic_and_a_service_without_endpoints_refuses(kc,
     assert time.time() - started < 10
     assert "refused" in out.stderr.lower() or "reset" in out.stderr.lower(), out.stderr
 
+
 def test_rolling_a_deployment_behind_a_service_loses_no_request(kc, sns):
     dep = deployment("roll", 2, image="busybox-web:1")
     dep["spec"]["strategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
@@ -197,6 +208,7 @@ def test_rolling_a_deployment_behind_a_service_loses_no_request(kc, sns):
     assert not errors, f"{len(errors)} of {len(results)} requests failed: {errors[:3]}"
     assert {"web v1", "web v2"} <= set(results)
 
+
 def test_the_proxy_removes_its_addresses_when_it_stops_and_after_a_crash(node, kc, sns):
     apply(kc, sns, service("addr", "nothing"))
     ip = cluster_ip(kc, sns, "addr")
@@ -220,6 +232,7 @@ def test_the_proxy_removes_its_addresses_when_it_stops_and_after_a_crash(node, k
     assert not {a for a in on_lo() if a.startswith(node.server.service_cidr.rsplit(".", 1)[0] + ".")}, on_lo()
     node.server.start()
     wait_for("the cluster IP on lo again", lambda: ip in on_lo())
+
 
 def test_cluster_dns_from_a_pod(kc, sns, upstream):
     apply(kc, sns, deployment("named", 2, WHOAMI), service("named", "named"),
@@ -247,6 +260,7 @@ def test_cluster_dns_from_a_pod(kc, sns, upstream):
     out = kc("exec", "client", "-n", sns, "--", "nslookup", "www.example.test.")
     assert "192.0.2.77" in out, out
     assert "www.example.test" in upstream.questions
+
 
 def test_ingress_routes_hosts_and_paths_with_tls(node, kc, sns, tmp_path):
     # Each pod answers its own name at every path the rules below route.

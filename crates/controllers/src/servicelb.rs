@@ -43,20 +43,10 @@ impl Controller {
                 q.add(Key::of(*new));
             }
         });
-        // A node coming, going or changing readiness moves every LoadBalancer's ingress.
         let (q, services) = (self.queue.clone(), self.services.clone());
-        self.nodes.on_change(move |c| {
-            let changed = match c {
-                Change::Applied {
-                    old: Some(old),
-                    new,
-                } => ready_status(old) != ready_status(new) || internal_ip(old) != internal_ip(new),
-                _ => true,
-            };
-            if changed {
-                for svc in services.list(is_ours) {
-                    q.add(Key::of(&*svc));
-                }
+        on_node_address_change(&self.nodes, move || {
+            for svc in services.list(is_ours) {
+                q.add(Key::of(&*svc));
             }
         });
         self.queue.clone()
@@ -64,15 +54,8 @@ impl Controller {
 
     /// The ingress a LoadBalancer Service should show: one entry per Ready node.
     fn ingress(&self) -> Vec<Value> {
-        let mut ips: Vec<String> = self
-            .nodes
-            .list(|n| ready_status(n) == Some("True"))
-            .iter()
-            .filter_map(|n| internal_ip(n))
-            .collect();
-        ips.sort();
-        ips.dedup();
-        ips.into_iter()
+        ready_node_ips(&self.nodes)
+            .into_iter()
             .map(|ip| json!({"ip": ip, "ipMode": "VIP"}))
             .collect()
     }
@@ -116,6 +99,35 @@ impl Controller {
             .await?;
         Ok(None)
     }
+}
+
+/// The InternalIPs of the Ready nodes, sorted: where a LoadBalancer or Ingress answers.
+fn ready_node_ips(nodes: &Informer<Node>) -> Vec<String> {
+    let mut ips: Vec<String> = nodes
+        .list(|n| ready_status(n) == Some("True"))
+        .iter()
+        .filter_map(|n| internal_ip(n))
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// Calls `requeue` when a node comes, goes, or changes readiness or address: what moves
+/// the addresses published in statuses.
+fn on_node_address_change(nodes: &Informer<Node>, requeue: impl Fn() + Send + Sync + 'static) {
+    nodes.on_change(move |c| {
+        let changed = match c {
+            Change::Applied {
+                old: Some(old),
+                new,
+            } => ready_status(old) != ready_status(new) || internal_ip(old) != internal_ip(new),
+            _ => true,
+        };
+        if changed {
+            requeue();
+        }
+    });
 }
 
 fn internal_ip(node: &Node) -> Option<String> {
@@ -169,18 +181,9 @@ impl IngressStatus {
             }
         });
         let (q, ingresses) = (self.queue.clone(), self.ingresses.clone());
-        self.nodes.on_change(move |c| {
-            let changed = match c {
-                Change::Applied {
-                    old: Some(old),
-                    new,
-                } => ready_status(old) != ready_status(new) || internal_ip(old) != internal_ip(new),
-                _ => true,
-            };
-            if changed {
-                for ing in ingresses.list(is_corral_ingress) {
-                    q.add(Key::of(&*ing));
-                }
+        on_node_address_change(&self.nodes, move || {
+            for ing in ingresses.list(is_corral_ingress) {
+                q.add(Key::of(&*ing));
             }
         });
         self.queue.clone()
@@ -193,15 +196,10 @@ impl IngressStatus {
         if !is_corral_ingress(&ing) {
             return Ok(None);
         }
-        let mut ips: Vec<String> = self
-            .nodes
-            .list(|n| ready_status(n) == Some("True"))
-            .iter()
-            .filter_map(|n| internal_ip(n))
+        let want: Vec<Value> = ready_node_ips(&self.nodes)
+            .into_iter()
+            .map(|ip| json!({"ip": ip}))
             .collect();
-        ips.sort();
-        ips.dedup();
-        let want: Vec<Value> = ips.into_iter().map(|ip| json!({"ip": ip})).collect();
         let current: Vec<Value> = ing
             .status
             .as_ref()

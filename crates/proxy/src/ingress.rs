@@ -6,7 +6,7 @@
 //! certificates come from the Secrets an Ingress's `tls` section names, chosen by SNI.
 
 use crate::mesh::config::{HttpMatch, StringMatch};
-use crate::mesh::routing::{Action, Compiler, Match, RetryPolicy, Route, WeightedCluster};
+use crate::mesh::routing::{Compiler, Match, Route};
 use crate::view::{ClusterView, ServiceKey};
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 use kube::ResourceExt;
@@ -127,21 +127,7 @@ fn route(compiler: &mut Compiler, ns: &str, backend: &IngressBackend, m: HttpMat
         }
         None => Err("backend is not a Service".to_string()),
     };
-    Route {
-        name: None,
-        matches: Match::compile_all(&[m]),
-        action: Action::Forward(vec![WeightedCluster {
-            cluster,
-            weight: 100,
-            headers: None,
-        }]),
-        timeout: None,
-        retry: RetryPolicy::istio_default(),
-        fault: None,
-        rewrite: None,
-        headers: None,
-        mirror: None,
-    }
+    Route::forward_to(cluster, Match::compile_all(&[m]))
 }
 
 /// A Host header match: the name, any port; `*.example.com` stands for one label.

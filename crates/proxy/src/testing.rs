@@ -131,3 +131,52 @@ pub fn mesh_view(
     }
     view
 }
+
+/// A free TCP port on 127.0.0.1 (bound and released at once).
+pub fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local address")
+}
+
+/// The proxy's data path without the API: listeners serving the frontends of the views
+/// given to [`TestProxy::apply`], on 127.0.0.1.
+pub struct TestProxy {
+    tx: tokio::sync::watch::Sender<Arc<crate::frontends::Frontends>>,
+    listeners: crate::listeners::Listeners,
+}
+
+impl Default for TestProxy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestProxy {
+    pub fn new() -> TestProxy {
+        let (tx, rx) = tokio::sync::watch::channel(Arc::new(Default::default()));
+        TestProxy {
+            tx,
+            listeners: crate::listeners::Listeners::new(rx, Default::default()),
+        }
+    }
+
+    /// Serves `view`; panics when a bind fails.
+    pub fn apply(&mut self, view: &ClusterView) {
+        let node = crate::frontends::NodeAddrs {
+            node_ip: "127.0.0.1".parse().expect("an address"),
+            skip: vec![],
+            domain: "cluster.local".into(),
+            ingress_http: None,
+            ingress_https: None,
+        };
+        let fe = Arc::new(crate::frontends::Frontends::build(
+            view,
+            &node,
+            &self.tx.borrow(),
+        ));
+        self.tx.send_replace(fe.clone());
+        assert!(!self.listeners.reconcile(&fe), "every bind succeeds");
+    }
+}

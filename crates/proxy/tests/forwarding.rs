@@ -1,24 +1,12 @@
 //! The proxy's data path with real sockets on 127.0.0.1: a Service frontend in front of
 //! echo backends, over TCP and UDP, through configuration changes.
 
-use corral_proxy::frontends::{Frontends, NodeAddrs};
-use corral_proxy::listeners::Listeners;
-use corral_proxy::stats::Stats;
-use corral_proxy::testing::one_service;
+use corral_proxy::testing::{free_port, one_service, TestProxy};
 use corral_proxy::view::Protocol;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::watch;
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// A TCP backend that writes `id` then echoes what it reads.
 async fn tcp_backend(id: &'static str) -> SocketAddr {
@@ -46,34 +34,6 @@ async fn tcp_backend(id: &'static str) -> SocketAddr {
     addr
 }
 
-struct Proxy {
-    tx: watch::Sender<Arc<Frontends>>,
-    listeners: Listeners,
-}
-
-impl Proxy {
-    fn new() -> Proxy {
-        let (tx, rx) = watch::channel(Arc::new(Frontends::default()));
-        Proxy {
-            tx,
-            listeners: Listeners::new(rx, Arc::new(Stats::default())),
-        }
-    }
-
-    fn apply(&mut self, view: &corral_proxy::view::ClusterView) {
-        let node = NodeAddrs {
-            node_ip: "127.0.0.1".parse().unwrap(),
-            skip: vec![],
-            domain: "cluster.local".into(),
-            ingress_http: None,
-            ingress_https: None,
-        };
-        let fe = Arc::new(Frontends::build(view, &node, &self.tx.borrow()));
-        self.tx.send_replace(fe.clone());
-        assert!(!self.listeners.reconcile(&fe), "every bind succeeds");
-    }
-}
-
 async fn hello(frontend: SocketAddr) -> String {
     let mut s = TcpStream::connect(frontend).await.unwrap();
     let mut buf = [0u8; 2];
@@ -90,7 +50,7 @@ async fn tcp_spreads_over_endpoints_and_skips_a_dead_one() {
     let b = tcp_backend("bb").await;
     let dead = free_port();
     let fe = free_port();
-    let mut p = Proxy::new();
+    let mut p = TestProxy::new();
     p.apply(&one_service(fe, Protocol::Tcp, &[a, b, dead]));
     let mut seen = std::collections::BTreeMap::new();
     for _ in 0..9 {
@@ -103,7 +63,7 @@ async fn tcp_spreads_over_endpoints_and_skips_a_dead_one() {
 #[tokio::test]
 async fn no_endpoints_resets_at_once() {
     let fe = free_port();
-    let mut p = Proxy::new();
+    let mut p = TestProxy::new();
     p.apply(&one_service(fe, Protocol::Tcp, &[]));
     let mut s = TcpStream::connect(fe).await.unwrap();
     let mut buf = [0u8; 1];
@@ -120,7 +80,7 @@ async fn no_endpoints_resets_at_once() {
 async fn a_configuration_change_keeps_established_connections() {
     let a = tcp_backend("aa").await;
     let fe = free_port();
-    let mut p = Proxy::new();
+    let mut p = TestProxy::new();
     p.apply(&one_service(fe, Protocol::Tcp, &[a]));
     let mut s = TcpStream::connect(fe).await.unwrap();
     let mut buf = [0u8; 2];
@@ -156,7 +116,7 @@ async fn udp_sessions_relay_both_ways() {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         s.local_addr().unwrap()
     };
-    let mut p = Proxy::new();
+    let mut p = TestProxy::new();
     p.apply(&one_service(fe, Protocol::Udp, &[baddr]));
     let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     client.connect(fe).await.unwrap();

@@ -3,10 +3,7 @@
 //! and the 503s the proxy gives when no endpoint can answer.
 
 use bytes::Bytes;
-use corral_proxy::frontends::{Frontends, NodeAddrs};
-use corral_proxy::listeners::Listeners;
-use corral_proxy::stats::Stats;
-use corral_proxy::testing::named_service;
+use corral_proxy::testing::{free_port, named_service, TestProxy};
 use corral_proxy::view::Protocol;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
@@ -14,16 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// An HTTP backend answering `<id> <method> <body>`.
 async fn backend(id: &'static str) -> SocketAddr {
@@ -56,29 +44,15 @@ async fn backend(id: &'static str) -> SocketAddr {
     addr
 }
 
-struct Proxy {
-    _tx: watch::Sender<Arc<Frontends>>,
-    _listeners: Listeners,
-}
-
-fn proxy(frontend: SocketAddr, backends: &[SocketAddr]) -> Proxy {
-    let view = named_service(frontend, Protocol::Tcp, "http-web", backends);
-    let (tx, rx) = watch::channel(Arc::new(Frontends::default()));
-    let mut listeners = Listeners::new(rx, Arc::new(Stats::default()));
-    let node = NodeAddrs {
-        node_ip: "127.0.0.1".parse().unwrap(),
-        skip: vec![],
-        domain: "cluster.local".into(),
-        ingress_http: None,
-        ingress_https: None,
-    };
-    let fe = Arc::new(Frontends::build(&view, &node, &Frontends::default()));
-    tx.send_replace(fe.clone());
-    assert!(!listeners.reconcile(&fe));
-    Proxy {
-        _tx: tx,
-        _listeners: listeners,
-    }
+fn proxy(frontend: SocketAddr, backends: &[SocketAddr]) -> TestProxy {
+    let mut p = TestProxy::new();
+    p.apply(&named_service(
+        frontend,
+        Protocol::Tcp,
+        "http-web",
+        backends,
+    ));
+    p
 }
 
 type TestClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;

@@ -3,10 +3,7 @@
 //! back, fault injection, matches, redirects and the 503s of a missing subset.
 
 use bytes::Bytes;
-use corral_proxy::frontends::{Frontends, NodeAddrs};
-use corral_proxy::listeners::Listeners;
-use corral_proxy::stats::Stats;
-use corral_proxy::testing::{mesh_view, Pod};
+use corral_proxy::testing::{free_port, mesh_view, Pod, TestProxy};
 use corral_proxy::view::ClusterView;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
@@ -20,14 +17,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// An HTTP backend answering its id; `fail` decides per request number whether it
 /// answers 500 instead; it echoes the request path and headers it got.
@@ -75,34 +64,10 @@ fn never() -> Arc<dyn Fn(u64) -> bool + Send + Sync> {
     Arc::new(|_| false)
 }
 
-struct Proxy {
-    tx: watch::Sender<Arc<Frontends>>,
-    listeners: Listeners,
-}
-
-impl Proxy {
-    fn new(view: &ClusterView) -> Proxy {
-        let (tx, rx) = watch::channel(Arc::new(Frontends::default()));
-        let mut p = Proxy {
-            tx,
-            listeners: Listeners::new(rx, Arc::new(Stats::default())),
-        };
-        p.apply(view);
-        p
-    }
-
-    fn apply(&mut self, view: &ClusterView) {
-        let node = NodeAddrs {
-            node_ip: "127.0.0.1".parse().unwrap(),
-            skip: vec![],
-            domain: "cluster.local".into(),
-            ingress_http: None,
-            ingress_https: None,
-        };
-        let fe = Arc::new(Frontends::build(view, &node, &self.tx.borrow()));
-        self.tx.send_replace(fe.clone());
-        assert!(!self.listeners.reconcile(&fe));
-    }
+fn proxy(view: &ClusterView) -> TestProxy {
+    let mut p = TestProxy::new();
+    p.apply(view);
+    p
 }
 
 type TestClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
@@ -160,7 +125,7 @@ async fn canary_90_10_to_subsets_within_bounds() {
             labels: &[("version", "v2")],
         },
     ];
-    let _p = Proxy::new(&mesh_view(fe, &pods, Some(vs), Some(subsets())));
+    let _p = proxy(&mesh_view(fe, &pods, Some(vs), Some(subsets())));
     let c = client();
     let mut v2 = 0;
     for _ in 0..2000 {
@@ -200,7 +165,7 @@ async fn matches_pick_routes_and_rewrite_and_headers_apply() {
             labels: &[("version", "v2")],
         },
     ];
-    let _p = Proxy::new(&mesh_view(fe, &pods, Some(vs), Some(subsets())));
+    let _p = proxy(&mesh_view(fe, &pods, Some(vs), Some(subsets())));
     let c = client();
     let (_, body, h) = get(&c, &format!("http://{fe}/x"), &[("end-user", "jason")]).await;
     assert_eq!(body, "v2 /x yes");
@@ -246,7 +211,7 @@ async fn retries_hide_an_endpoint_that_fails_half_its_requests() {
             labels: &[],
         },
     ];
-    let _p = Proxy::new(&mesh_view(fe, &pods, Some(vs), None));
+    let _p = proxy(&mesh_view(fe, &pods, Some(vs), None));
     let c = client();
     for _ in 0..200 {
         let (status, body, _) = get(&c, &format!("http://{fe}/"), &[]).await;
@@ -278,7 +243,7 @@ async fn outlier_detection_ejects_a_failing_endpoint_and_lets_it_back() {
             labels: &[],
         },
     ];
-    let _p = Proxy::new(&mesh_view(fe, &pods, Some(vs), Some(dr)));
+    let _p = proxy(&mesh_view(fe, &pods, Some(vs), Some(dr)));
     let c = client();
     let mut errors = 0;
     for _ in 0..20 {
@@ -317,7 +282,7 @@ async fn faults_abort_and_delay_a_share_of_requests() {
         "fault": {"abort": {"httpStatus": 418, "percentage": {"value": 50}},
                   "delay": {"fixedDelay": "20ms", "percentage": {"value": 100}}}
     }]});
-    let _p = Proxy::new(&mesh_view(
+    let _p = proxy(&mesh_view(
         fe,
         &[Pod {
             addr: a,
@@ -359,7 +324,7 @@ async fn a_route_change_applies_to_an_open_keepalive_connection() {
         },
     ];
     let to = |subset: &str| json!({"hosts": ["svc"], "http": [{"route": [{"destination": {"host": "svc", "subset": subset}}]}]});
-    let mut p = Proxy::new(&mesh_view(fe, &pods, Some(to("v1")), Some(subsets())));
+    let mut p = proxy(&mesh_view(fe, &pods, Some(to("v1")), Some(subsets())));
     let c = client();
     assert!(get(&c, &format!("http://{fe}/"), &[])
         .await

@@ -463,6 +463,27 @@ pub struct Route {
 }
 
 impl Route {
+    /// A route sending what `matches` accepts (everything, when empty) to one cluster,
+    /// with Istio's default retry policy: a Service port without a VirtualService, or an
+    /// Ingress rule.
+    pub fn forward_to(cluster: Result<Arc<Cluster>, String>, matches: Vec<Match>) -> Route {
+        Route {
+            name: None,
+            matches,
+            action: Action::Forward(vec![WeightedCluster {
+                cluster,
+                weight: 100,
+                headers: None,
+            }]),
+            timeout: None,
+            retry: RetryPolicy::istio_default(),
+            fault: None,
+            rewrite: None,
+            headers: None,
+            mirror: None,
+        }
+    }
+
     /// The first match that accepts the request (a route without matches takes all).
     pub fn accepts(&self, r: &RequestInfo) -> Option<Option<&Match>> {
         if self.matches.is_empty() {
@@ -554,21 +575,7 @@ impl<'a> Compiler<'a> {
             });
         let Some(vs) = vs.cloned() else {
             let cluster = self.cluster(&svc.key, None, Some(port), port);
-            return Arc::new(vec![Route {
-                name: None,
-                matches: vec![],
-                action: Action::Forward(vec![WeightedCluster {
-                    cluster,
-                    weight: 100,
-                    headers: None,
-                }]),
-                timeout: None,
-                retry: RetryPolicy::istio_default(),
-                fault: None,
-                rewrite: None,
-                headers: None,
-                mirror: None,
-            }]);
+            return Arc::new(vec![Route::forward_to(cluster, vec![])]);
         };
         let mut routes = Vec::new();
         for r in &vs.spec.http {
