@@ -73,11 +73,15 @@ pub struct Registry {
 impl Registry {
     /// Whether `addr` is ejected from `cluster` now.
     pub fn is_ejected(&self, cluster: &str, addr: SocketAddr) -> bool {
+        self.is_ejected_at(cluster, addr, Instant::now())
+    }
+
+    fn is_ejected_at(&self, cluster: &str, addr: SocketAddr, now: Instant) -> bool {
         let hosts = self.hosts.lock().unwrap();
         hosts
             .get(&(cluster.to_string(), addr))
             .and_then(|h| h.ejected_until)
-            .is_some_and(|t| t > Instant::now())
+            .is_some_and(|t| t > now)
     }
 
     /// Records a result; returns true when it ejected the endpoint.
@@ -89,7 +93,25 @@ impl Registry {
         outcome: Outcome,
         settings: &Settings,
     ) -> bool {
-        let now = Instant::now();
+        self.record_at(
+            cluster,
+            cluster_size,
+            addr,
+            outcome,
+            settings,
+            Instant::now(),
+        )
+    }
+
+    fn record_at(
+        &self,
+        cluster: &str,
+        cluster_size: usize,
+        addr: SocketAddr,
+        outcome: Outcome,
+        settings: &Settings,
+        now: Instant,
+    ) -> bool {
         let mut hosts = self.hosts.lock().unwrap();
         let ejected_now = hosts
             .iter()
@@ -160,29 +182,34 @@ mod tests {
 
     #[test]
     fn opens_half_opens_and_closes() {
+        // A clock of our own: the test does not depend on how busy the machine is.
         let r = Registry::default();
         let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
-        let s = settings(Duration::from_millis(50));
-        assert!(!r.record("c", 2, a, Outcome::ServerError, &s));
-        assert!(!r.is_ejected("c", a));
+        let s = settings(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let record = |o, secs| r.record_at("c", 2, a, o, &s, at(secs));
+        assert!(!record(Outcome::ServerError, 0));
+        assert!(!r.is_ejected_at("c", a, at(0)));
         assert!(
-            r.record("c", 2, a, Outcome::ServerError, &s),
+            record(Outcome::ServerError, 1),
             "second 5xx in a row ejects"
         );
-        assert!(r.is_ejected("c", a));
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(!r.is_ejected("c", a), "back after the ejection time");
-        r.record("c", 2, a, Outcome::ServerError, &s);
-        assert!(r.record("c", 2, a, Outcome::GatewayError, &s));
-        std::thread::sleep(Duration::from_millis(60));
+        assert!(r.is_ejected_at("c", a, at(5)));
         assert!(
-            r.is_ejected("c", a),
+            !r.is_ejected_at("c", a, at(12)),
+            "back after the ejection time"
+        );
+        record(Outcome::ServerError, 12);
+        assert!(record(Outcome::GatewayError, 13));
+        assert!(
+            r.is_ejected_at("c", a, at(13 + 15)),
             "the second ejection lasts twice as long"
         );
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(!r.record("c", 2, a, Outcome::Success, &s));
+        assert!(!r.is_ejected_at("c", a, at(13 + 21)));
+        assert!(!record(Outcome::Success, 34));
         assert!(
-            !r.record("c", 2, a, Outcome::ServerError, &s),
+            !record(Outcome::ServerError, 35),
             "a success reset the count"
         );
     }
