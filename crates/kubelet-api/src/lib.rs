@@ -302,11 +302,7 @@ pub async fn serve<F>(
                 }
                 Err(_) => return,
             };
-            let authenticated = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .is_some_and(|c| !c.is_empty());
+            let authenticated = is_api_server(tls.get_ref().1.peer_certificates());
             let svc = hyper::service::service_fn(move |req| {
                 let backend = backend.clone();
                 async move {
@@ -413,6 +409,23 @@ async fn container_logs(
         .header(hyper::header::CONTENT_TYPE, "text/plain")
         .body(BodyExt::boxed(StreamBody::new(stream)))
         .expect("static response parts")
+}
+
+/// Only the API server may use a node's API: its client certificate carries the group
+/// `system:masters` (as kubeadm's apiserver-kubelet-client does). Other certificates the
+/// cluster CA issued, such as other nodes' own, are refused.
+fn is_api_server(chain: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> bool {
+    let Some(leaf) = chain.and_then(|c| c.first()) else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
+        return false;
+    };
+    let masters = cert
+        .subject()
+        .iter_organization()
+        .any(|o| o.as_str() == Ok("system:masters"));
+    masters
 }
 
 #[cfg(test)]

@@ -26,7 +26,10 @@ use tokio::sync::{mpsc, watch};
 
 struct Pki {
     server: Arc<rustls::ServerConfig>,
+    /// The API server's identity (group system:masters).
     client: Arc<rustls::ClientConfig>,
+    /// Another node's identity: signed by the same CA, but not the API server.
+    node: Arc<rustls::ClientConfig>,
     anonymous: Arc<rustls::ClientConfig>,
 }
 
@@ -41,12 +44,13 @@ fn pki() -> Pki {
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca_cert = ca.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca, &ca_key);
-    let leaf = |client: bool| {
+    let leaf = |client: Option<(&str, &str)>| {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::default();
-        if client {
+        if let Some((cn, group)) = client {
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
             p.distinguished_name
-                .push(rcgen::DnType::CommonName, "kube-apiserver-kubelet-client");
+                .push(rcgen::DnType::OrganizationName, group);
         } else {
             p.subject_alt_names = vec![SanType::IpAddress("127.0.0.1".parse().unwrap())];
         }
@@ -66,20 +70,26 @@ fn pki() -> Pki {
             .allow_unauthenticated()
             .build()
             .unwrap();
-    let (scert, skey) = leaf(false);
+    let (scert, skey) = leaf(None);
     let server = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![scert], skey)
         .unwrap();
-    let (ccert, ckey) = leaf(true);
-    let client = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots.clone())
-        .with_client_auth_cert(vec![ccert], ckey)
-        .unwrap();
+    let client_as = |cn: &str, group: &str| {
+        let (cert, key) = leaf(Some((cn, group)));
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_client_auth_cert(vec![cert], key)
+                .unwrap(),
+        )
+    };
+    let client = client_as("kube-apiserver-kubelet-client", "system:masters");
+    let node = client_as("system:node:other", "system:nodes");
     let anonymous = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
@@ -87,7 +97,8 @@ fn pki() -> Pki {
         .with_no_client_auth();
     Pki {
         server: Arc::new(server),
-        client: Arc::new(client),
+        client,
+        node,
         anonymous: Arc::new(anonymous),
     }
 }
@@ -344,6 +355,13 @@ async fn without_client_certificate_is_401() {
         .body(Empty::new())
         .unwrap();
     let resp = send(&env, env.pki.anonymous.clone(), req).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    // A certificate from the cluster CA that is not the API server's is refused too.
+    let req = Request::get("/containerLogs/default/web/main")
+        .header("host", "node")
+        .body(Empty::new())
+        .unwrap();
+    let resp = send(&env, env.pki.node.clone(), req).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     let body: Value =
         serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
