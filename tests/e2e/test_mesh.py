@@ -194,6 +194,15 @@ def test_mesh_bad_input(kc, mns):
         "route": [{"destination": {"host": "bi"}}], "timeout": "soon"}]})
     out = kc.run("apply", "-n", mns, "-f", "-", input=json.dumps(bad_duration), check=False)
     assert out.returncode != 0 and "spec.http[0].timeout" in out.stderr, out.stderr
+    # Accepted, with a warning kubectl prints: weights that do not add up to 100 are
+    # relative, and fields the mesh does not implement are named.
+    relative = istio("VirtualService", "rel", {"hosts": ["bi"], "http": [{
+        "route": [{"destination": {"host": "bi"}, "weight": 80}, {"destination": {"host": "bi"}, "weight": 10}],
+        "corsPolicy": {"allowOrigins": [{"exact": "https://example.test"}]}}]})
+    out = kc.run("apply", "-n", mns, "-f", "-", input=json.dumps(relative))
+    assert "Warning: spec.http[0].route: the destination weights add up to 90, not 100" in out.stderr, out.stderr
+    assert "spec.http[0].corsPolicy is not implemented" in out.stderr, out.stderr
+    kc.run("delete", "virtualservice", "rel", "-n", mns)
     # A subset that does not exist: the proxy answers 503 saying so, and keeps serving
     # the other routes.
     apply(kc, mns, istio("VirtualService", "bi", {"hosts": ["bi"], "http": [

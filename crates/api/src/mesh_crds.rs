@@ -420,3 +420,79 @@ fn check_duration(v: &Value, field: &str, causes: &mut Vec<crate::error::Cause>)
         ));
     }
 }
+
+/// What a user should hear about an accepted Istio resource: parts the mesh does not act
+/// on, and weights that are used as relative ones (returned as `Warning:` lines, which
+/// kubectl prints).
+pub fn warnings(group: &str, kind: &str, obj: &Value) -> Vec<String> {
+    let spec = &obj["spec"];
+    let mut out = Vec::new();
+    let ignored = |out: &mut Vec<String>, path: String| {
+        out.push(format!(
+            "{path} is not implemented by corral's mesh and is ignored"
+        ));
+    };
+    match (group, kind) {
+        ("networking.istio.io", "VirtualService") => {
+            for field in ["tcp", "tls"] {
+                if spec[field].as_array().is_some_and(|a| !a.is_empty()) {
+                    ignored(&mut out, format!("spec.{field}"));
+                }
+            }
+            if spec["gateways"]
+                .as_array()
+                .is_some_and(|g| !g.is_empty() && !g.iter().any(|g| g == "mesh"))
+            {
+                out.push("spec.gateways: Istio Gateways are not served by corral; this VirtualService applies to no traffic (use an Ingress)".into());
+            }
+            for (i, route) in spec["http"].as_array().into_iter().flatten().enumerate() {
+                for field in ["corsPolicy", "mirrors", "delegate"] {
+                    if !route[field].is_null() {
+                        ignored(&mut out, format!("spec.http[{i}].{field}"));
+                    }
+                }
+                let dests = route["route"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let total: i64 = dests
+                    .iter()
+                    .map(|d| d["weight"].as_i64().unwrap_or(0))
+                    .sum();
+                if dests.len() > 1 && total != 100 && total > 0 {
+                    out.push(format!(
+                        "spec.http[{i}].route: the destination weights add up to {total}, not 100; they are used as relative weights"
+                    ));
+                }
+            }
+        }
+        ("networking.istio.io", "DestinationRule") => {
+            let policies =
+                std::iter::once(("spec.trafficPolicy".to_string(), &spec["trafficPolicy"])).chain(
+                    spec["subsets"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .enumerate()
+                        .map(|(i, s)| {
+                            (
+                                format!("spec.subsets[{i}].trafficPolicy"),
+                                &s["trafficPolicy"],
+                            )
+                        }),
+                );
+            for (path, tp) in policies {
+                for field in ["tls", "portLevelSettings", "tunnel", "proxyProtocol"] {
+                    if !tp[field].is_null() {
+                        ignored(&mut out, format!("{path}.{field}"));
+                    }
+                }
+                if !tp["loadBalancer"]["localityLbSetting"].is_null() {
+                    ignored(&mut out, format!("{path}.loadBalancer.localityLbSetting"));
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}

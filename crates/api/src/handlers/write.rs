@@ -221,6 +221,7 @@ pub async fn create_object(
     if !causes.is_empty() {
         return Err(ApiError::invalid(&res.kind, &res.group, &name, causes));
     }
+    warnings.extend(crate::mesh_crds::warnings(&res.group, &res.kind, &obj));
     check_namespace(st, res, ns).await?;
     admission::default_storage_class(st, res, &mut obj).await?;
     admission::default_ingress_class(st, res, &mut obj).await?;
@@ -427,6 +428,9 @@ where
         causes.extend(validation::validate(res, &new, Some(&current)));
         if !causes.is_empty() {
             return Err(ApiError::invalid(&res.kind, &res.group, name, causes));
+        }
+        if sub.is_none() {
+            warnings.extend(crate::mesh_crds::warnings(&res.group, &res.kind, &new));
         }
         if sub.is_none() {
             admission::limit_ranges(st, res, ns, &mut new, true).await?;
