@@ -109,6 +109,9 @@ def istio_crds(kubectl):
     out = kubectl("apply", "-f", "-", input=text, timeout=180)
     assert out.count("created") + out.count("configured") + out.count("unchanged") == 14, out
     kubectl("wait", "--for", "condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
+    # corral serves Istio's kinds from the start with a v1 that Istio 1.18's CRDs lack: a
+    # kubectl that discovered them before must discover again, as a fresh one would.
+    shutil.rmtree(os.path.join(kubectl.cache, "discovery"), ignore_errors=True)
     yield text, names
     kubectl.run("delete", "--ignore-not-found", "-f", "-", input=text, check=False, timeout=180)
 

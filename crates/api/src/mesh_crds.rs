@@ -50,6 +50,9 @@ struct Kind {
 }
 
 fn kinds() -> Vec<Kind> {
+    // The last version of each list is stored: the oldest one every Istio release serves,
+    // so a user may apply Istio's own CRDs over these, of an old release (1.18 serves no
+    // v1) or a new one, without dropping a stored version.
     const NETWORKING: &[&str] = &["v1", "v1beta1", "v1alpha3"];
     const SECURITY: &[&str] = &["v1", "v1beta1"];
     vec![
@@ -151,7 +154,7 @@ fn definition(k: &Kind) -> Value {
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            json!({"name": v, "served": true, "storage": i == 0, "schema": schema,
+            json!({"name": v, "served": true, "storage": i + 1 == k.versions.len(), "schema": schema,
                    "subresources": {"status": {}}, "additionalPrinterColumns": columns})
         })
         .collect();
