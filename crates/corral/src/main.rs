@@ -332,6 +332,7 @@ impl NodeArgs {
             dns_upstreams: self.cluster_dns_upstreams.clone(),
             ingress_http_port: (self.ingress_http_port != 0).then_some(self.ingress_http_port),
             ingress_https_port: (self.ingress_https_port != 0).then_some(self.ingress_https_port),
+            bridge: Some(self.bridge.clone()),
         };
         Some(tokio::spawn(corral_proxy::run(client, cfg, async move {
             let _ = stop.wait_for(|s| *s).await;

@@ -133,6 +133,8 @@ pub struct Frontends {
     pub pods_by_ip: Arc<HashMap<IpAddr, Arc<crate::pods::PodMeta>>>,
     /// Ingress TLS certificates by host name (`*.example.com` for wildcards).
     pub certs: Arc<HashMap<String, Arc<rustls::sign::CertifiedKey>>>,
+    /// NetworkPolicies: whether a client may reach the endpoint the proxy chose for it.
+    pub netpol: Arc<crate::netpol::NetPolicies>,
 }
 
 impl Frontends {

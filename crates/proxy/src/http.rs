@@ -4,7 +4,8 @@
 //! connections at once, while requests in flight finish on what they started with.
 //! Endpoints are chosen per request; a request without a body moves on to the next
 //! endpoint when one refuses the connection. When nothing can answer, the reply is a 503
-//! whose body and `x-corral-reason` header say why, as Envoy's response flags do.
+//! whose body and `x-corral-reason` header say why, as Envoy's response flags do
+//! (`network_policy` when a NetworkPolicy forbids the client to reach the endpoint).
 
 use crate::frontends::{AppProtocol, Frontend, Frontends, Listen};
 use crate::mesh::authz::{Decision, HttpParts};
@@ -14,6 +15,7 @@ use crate::mesh::routing::{
 };
 use crate::stats::Stats;
 use crate::telemetry::{RequestContext, ServedBy, Telemetry};
+use crate::view::Protocol;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
@@ -409,6 +411,15 @@ impl Attempt<'_> {
                     StatusCode::FORBIDDEN,
                     "rbac_access_denied",
                     "RBAC: access denied",
+                ));
+            }
+            let netpol = &self.frontends.netpol;
+            if !netpol.allows(self.peer.ip(), addr.ip(), addr.port(), Protocol::Tcp) {
+                tracing::debug!(cluster = %c.name, endpoint = %addr, client = %self.peer, "request refused by NetworkPolicy");
+                return Err(local_reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "network_policy",
+                    "connection refused by network policy",
                 ));
             }
             let Some(attempt_body) = body.for_attempt() else {

@@ -11,6 +11,7 @@ pub mod ingress;
 pub mod listeners;
 mod local_ips;
 pub mod mesh;
+pub mod netpol;
 pub mod pods;
 pub mod stats;
 mod tcp;
@@ -51,6 +52,10 @@ pub struct ProxyConfig {
     /// Where names outside the cluster domain are forwarded (host:port); empty means the
     /// nameservers of the host's /etc/resolv.conf.
     pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// The bridge this node's pods are attached to: its address is the node as pods see
+    /// it, and NetworkPolicy is enforced on its pods' veths. None: pod-to-pod traffic on
+    /// the bridge is not filtered (Service traffic still is).
+    pub bridge: Option<String>,
 }
 
 /// How often binds that failed are retried while nothing else changes.
@@ -93,6 +98,8 @@ pub async fn run(
             None
         }
     });
+    let (desired_tx, desired_rx) = watch::channel(Arc::new(netpol::enforcer::Desired::default()));
+    let enforcer = tokio::spawn(netpol::enforcer::run(desired_rx));
     let mut dns: Option<tokio::task::JoinHandle<()>> = None;
     let mut dns_error: Option<String> = None;
     // Binds that failed are retried with a growing pause, without rebuilding anything,
@@ -104,7 +111,16 @@ pub async fn run(
         if rebuild {
             let view = views.borrow_and_update().clone();
             let started = std::time::Instant::now();
-            fe = Arc::new(Frontends::build(&view, &node, &table_tx.borrow()));
+            let mut built = Frontends::build(&view, &node, &table_tx.borrow());
+            let desired = enforce_policies(&cfg, &view, &mut built);
+            desired_tx.send_if_modified(|d| {
+                let changed = **d != desired;
+                if changed {
+                    *d = Arc::new(desired);
+                }
+                changed
+            });
+            fe = Arc::new(built);
             let mut want = fe.local_ips.clone();
             if let Some(std::net::IpAddr::V4(dns)) = cfg.cluster_dns {
                 want.insert(dns);
@@ -149,7 +165,25 @@ pub async fn run(
         task.abort();
     }
     ips.reconcile(&Default::default());
+    drop(desired_tx);
+    let _ = enforcer.await;
     stop_watch();
+}
+
+/// Compiles the view's NetworkPolicies for the proxy's own connections (into `fe`) and
+/// returns the packet rules this node's pods need (NetworkPolicy and PeerAuthentication).
+fn enforce_policies(
+    cfg: &ProxyConfig,
+    view: &view::ClusterView,
+    fe: &mut Frontends,
+) -> netpol::enforcer::Desired {
+    let local = netpol::enforcer::local_net(cfg.bridge.as_deref(), cfg.node_ip, cfg.cluster_dns);
+    let mut host: Vec<IpAddr> = local.host.iter().map(|a| IpAddr::V4(*a)).collect();
+    host.push(cfg.node_ip);
+    let np = Arc::new(netpol::NetPolicies::compile(view, &host, cfg.cluster_dns));
+    fe.netpol = np.clone();
+    let pa = mesh::peerauth::PeerAuthn::new(&view.peer_authentications);
+    netpol::packet::node_rules(&np, &pa, &local, &cfg.node_name)
 }
 
 /// Serves cluster DNS on the cluster DNS address, port 53, UDP and TCP.

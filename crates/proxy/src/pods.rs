@@ -1,7 +1,9 @@
 //! What the proxy knows of every pod: labels (DestinationRule subsets, policies select on
 //! them), workload name (telemetry), service account (the identity a policy names) and
-//! addresses (who a connection comes from). Kept as small records rather than whole Pod
-//! objects, so a node's proxy does not hold every pod spec of the cluster.
+//! addresses (who a connection comes from); for NetworkPolicy also its UID and node (which
+//! veth on which node is its) and container ports (named ports resolve against them).
+//! Kept as small records rather than whole Pod objects, so a node's proxy does not hold
+//! every pod spec of the cluster.
 
 use crate::telemetry::Workload;
 use futures::StreamExt;
@@ -23,6 +25,18 @@ pub struct PodMeta {
     pub ips: Vec<IpAddr>,
     /// Succeeded or Failed: its address may already belong to another pod.
     pub finished: bool,
+    pub uid: String,
+    pub node_name: Option<String>,
+    pub ports: Arc<Vec<PodPort>>,
+}
+
+/// A port a container of the pod declares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodPort {
+    /// Empty when the port has no name.
+    pub name: String,
+    pub protocol: crate::view::Protocol,
+    pub port: u16,
 }
 
 impl PodMeta {
@@ -71,7 +85,27 @@ impl PodMeta {
             // The node's address is not this pod's identity.
             ips.clear();
         }
+        let spec = p.spec.as_ref();
+        let ports: Vec<PodPort> = spec
+            .into_iter()
+            .flat_map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+            })
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|cp| {
+                Some(PodPort {
+                    name: cp.name.clone().unwrap_or_default(),
+                    protocol: crate::view::Protocol::parse(cp.protocol.as_deref()),
+                    port: u16::try_from(cp.container_port).ok()?,
+                })
+            })
+            .collect();
         PodMeta {
+            uid: p.uid().unwrap_or_default(),
+            node_name: spec.and_then(|s| s.node_name.clone()),
+            ports: Arc::new(ports),
             labels: Arc::new(labels.clone()),
             workload: Arc::new(workload),
             service_account: p

@@ -6,6 +6,7 @@ use crate::frontends::{Frontend, Frontends, Listen};
 use crate::mesh::authz::Decision;
 use crate::stats::Stats;
 use crate::telemetry::{Labels, Telemetry};
+use crate::view::Protocol;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -119,6 +120,11 @@ async fn connect(
             frontends.authorize(peer.ip(), backend.addr.ip(), fe.service_port, None)
         {
             tracing::debug!(service = %fe.service, backend = %backend.addr, client = %peer, policy = %why, "connection denied");
+            return None;
+        }
+        let (ip, port) = (backend.addr.ip(), backend.addr.port());
+        if !frontends.netpol.allows(peer.ip(), ip, port, Protocol::Tcp) {
+            tracing::debug!(service = %fe.service, backend = %backend.addr, client = %peer, "connection refused by NetworkPolicy");
             return None;
         }
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {

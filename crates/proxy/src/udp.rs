@@ -5,6 +5,7 @@
 
 use crate::frontends::{Frontends, Listen};
 use crate::stats::Stats;
+use crate::view::Protocol;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -58,11 +59,17 @@ pub async fn serve(
         let (upstream, last) = match existing {
             Some(s) => s,
             None => {
-                let fe = table.borrow().by_listen.get(&listen).cloned();
-                let Some(fe) = fe else { continue };
+                let frontends = table.borrow().clone();
+                let Some(fe) = frontends.by_listen.get(&listen).cloned() else {
+                    continue;
+                };
                 let Some(backend) = fe.pick(peer.ip()).first().map(|b| b.addr) else {
                     continue;
                 };
+                let netpol = &frontends.netpol;
+                if !netpol.allows(peer.ip(), backend.ip(), backend.port(), Protocol::Udp) {
+                    continue;
+                }
                 let Ok(up) = connect(backend).await else {
                     continue;
                 };

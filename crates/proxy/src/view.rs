@@ -4,8 +4,9 @@
 //! change never touches a connection already running.
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -37,7 +38,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    fn parse(s: Option<&str>) -> Protocol {
+    pub(crate) fn parse(s: Option<&str>) -> Protocol {
         match s {
             Some("UDP") => Protocol::Udp,
             Some("SCTP") => Protocol::Sctp,
@@ -147,6 +148,10 @@ pub struct ClusterView {
     pub tls_secrets: TlsSecrets,
     pub virtual_services: Vec<Arc<VirtualService>>,
     pub destination_rules: Vec<Arc<DestinationRule>>,
+    /// NetworkPolicies, and the namespaces' labels their namespaceSelectors match.
+    pub network_policies: Vec<Arc<NetworkPolicy>>,
+    pub namespaces: Arc<std::collections::HashMap<String, Arc<BTreeMap<String, String>>>>,
+    pub peer_authentications: Vec<Arc<crate::mesh::peerauth::PeerAuthentication>>,
 }
 
 pub use crate::pods::{PodMeta, Pods as PodLabels};
@@ -319,11 +324,12 @@ fn service_info(
     })
 }
 
-/// Watches Services, EndpointSlices, pod labels and the mesh's Istio resources and
-/// publishes a new [`ClusterView`] after every burst of changes. The first view is
-/// published only once Services, slices and pods have been listed, so a restart never
-/// briefly answers from an empty cluster. The Istio kinds are optional: without their
-/// CRDs the view simply has none.
+/// Watches Services, EndpointSlices, pod labels, NetworkPolicies, Namespaces and the
+/// mesh's Istio resources and publishes a new [`ClusterView`] after every burst of
+/// changes. The first view is published only once Services, slices, pods, policies and
+/// namespaces have been listed, so a restart never briefly answers from an empty cluster
+/// (nor opens what a policy closes). The Istio kinds are optional: without their CRDs the
+/// view simply has none.
 pub fn watch_cluster(client: Client) -> (watch::Receiver<Arc<ClusterView>>, impl FnOnce()) {
     let (tx, rx) = watch::channel(Arc::new(ClusterView::default()));
     let changed = Arc::new(Notify::new());
@@ -358,15 +364,28 @@ pub fn watch_cluster(client: Client) -> (watch::Receiver<Arc<ClusterView>>, impl
         "authorizationpolicies",
         &changed,
     );
+    let (netpols, netpol_task) = reflect::<NetworkPolicy>(client.clone(), changed.clone());
+    let (namespaces, ns_task) = reflect::<Namespace>(client.clone(), changed.clone());
+    let (pas, pa_task) = reflect_istio(
+        &client,
+        security,
+        "PeerAuthentication",
+        "peerauthentications",
+        &changed,
+    );
     let builder = tokio::spawn(async move {
         if services.wait_until_ready().await.is_err() || slices.wait_until_ready().await.is_err() {
+            return;
+        }
+        if netpols.wait_until_ready().await.is_err() || namespaces.wait_until_ready().await.is_err()
+        {
             return;
         }
         pods.wait_until_ready().await;
         let _ = tokio::time::timeout(Duration::from_secs(2), ingresses.wait_until_ready()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), classes.wait_until_ready()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), secrets.wait_until_ready()).await;
-        for store in [&vss, &drs, &aps] {
+        for store in [&vss, &drs, &aps, &pas] {
             let _ = tokio::time::timeout(Duration::from_secs(2), store.wait_until_ready()).await;
         }
         loop {
@@ -402,6 +421,15 @@ pub fn watch_cluster(client: Client) -> (watch::Receiver<Arc<ClusterView>>, impl
                     Some((id, Arc::new((cert, key))))
                 })
                 .collect();
+            view.peer_authentications = parse_istio(&pas.state());
+            view.network_policies = netpols.state();
+            view.namespaces = Arc::new(
+                namespaces
+                    .state()
+                    .iter()
+                    .map(|n| (n.name_any(), Arc::new(n.labels().clone())))
+                    .collect(),
+            );
             if tx.send(Arc::new(view)).is_err() {
                 return;
             }
@@ -420,6 +448,9 @@ pub fn watch_cluster(client: Client) -> (watch::Receiver<Arc<ClusterView>>, impl
             ing_task,
             class_task,
             secret_task,
+            netpol_task,
+            ns_task,
+            pa_task,
         ] {
             t.abort();
         }

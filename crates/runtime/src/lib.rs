@@ -24,7 +24,7 @@ pub use cgroup::{CgroupVersion, ContainerStats};
 pub use error::{Error, Result};
 pub use exec::{ExecExit, ExecProcess};
 pub use init::DEFAULT_CAPS;
-pub use network::delete_bridge;
+pub use network::{delete_bridge, host_veth_name};
 pub use runtime::{Attach, Capabilities, ContainerInfo, Runtime, RuntimeConfig};
 pub use spec::{ContainerSpec, Mount, PodNetwork, Resources, Rootfs, Sandbox, SandboxSpec};
 pub use state::{ContainerState, ExitReason};

@@ -12,7 +12,7 @@ use crate::sys;
 
 /// The host end's name: "veth" and 11 hex digits of a hash of the pod UID (15 bytes, the
 /// longest a Linux interface name may be).
-pub(crate) fn host_veth_name(pod_uid: &str) -> String {
+pub fn host_veth_name(pod_uid: &str) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in pod_uid.bytes() {
         h ^= b as u64;

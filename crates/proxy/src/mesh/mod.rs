@@ -3,4 +3,5 @@
 pub mod authz;
 pub mod config;
 pub mod outlier;
+pub mod peerauth;
 pub mod routing;
