@@ -250,6 +250,11 @@ async fn handle(
                 &path,
                 &headers,
                 bytes,
+                |to| {
+                    frontends
+                        .netpol
+                        .allows(peer.ip(), to.ip(), to.port(), Protocol::Tcp)
+                },
             );
         }
     }
@@ -602,10 +607,15 @@ fn mirror_request(
     path: &str,
     headers: &HeaderMap,
     body: Bytes,
+    allowed: impl Fn(SocketAddr) -> bool,
 ) {
     let Some(i) = cluster.choose(&upstreams.health, &[], None) else {
         return;
     };
+    if !allowed(cluster.endpoints[i].addr) {
+        // NetworkPolicy: the copy goes nowhere the client may not go.
+        return;
+    }
     let Ok(uri) = Uri::try_from(format!("http://{}{path}", cluster.endpoints[i].addr)) else {
         return;
     };
