@@ -45,7 +45,7 @@ fi
 
 TMP=$(mktemp -d /tmp/corral-proxy-bench.XXXXXX)
 # What cleanup must undo, filled in as things are made.
-CORRAL_PID="" BRIDGE="" SVC_PREFIX="" CGROUP=""
+CORRAL_PIDS=() BRIDGES=() CGROUPS=() SVC_PREFIX=""
 OTHER_PIDS=()
 
 cleanup() {
@@ -60,11 +60,13 @@ cleanup() {
         done
     fi
     # The server removes the cluster IPs it put on lo when it stops on SIGTERM.
-    if [ -n "$CORRAL_PID" ] && kill -0 "$CORRAL_PID" 2>/dev/null; then
-        kill -TERM "$CORRAL_PID" 2>/dev/null || true
-        for _ in $(seq 150); do kill -0 "$CORRAL_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$CORRAL_PID" 2>/dev/null || true
-    fi
+    for p in "${CORRAL_PIDS[@]}"; do
+        kill -TERM "$p" 2>/dev/null || true
+    done
+    for p in "${CORRAL_PIDS[@]}"; do
+        for _ in $(seq 150); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+    done
     for p in "${OTHER_PIDS[@]}"; do
         kill -TERM "$p" 2>/dev/null || true
     done
@@ -79,14 +81,14 @@ cleanup() {
             ip addr del "$a" dev lo 2>/dev/null || left+=("lo address $a")
         done
     fi
-    if [ -n "$BRIDGE" ] && [ -e "/sys/class/net/$BRIDGE" ]; then
-        ip link del "$BRIDGE" 2>/dev/null || left+=("bridge $BRIDGE")
-    fi
-    if [ -n "$CGROUP" ]; then
-        for d in /sys/fs/cgroup/"$CGROUP" /sys/fs/cgroup/*/"$CGROUP"; do
+    for b in "${BRIDGES[@]}"; do
+        [ -e "/sys/class/net/$b" ] && { ip link del "$b" 2>/dev/null || left+=("bridge $b"); }
+    done
+    for c in "${CGROUPS[@]}"; do
+        for d in /sys/fs/cgroup/"$c" /sys/fs/cgroup/*/"$c"; do
             [ -d "$d" ] && { rmdir "$d" 2>/dev/null || left+=("cgroup $d"); }
         done
-    fi
+    done
     if [ ${#left[@]} -gt 0 ]; then
         log "cleanup left: ${left[*]}; temp dir kept: $TMP"
         exit 1
@@ -206,27 +208,39 @@ for n in 250 $(seq 200 249 | shuf); do
 done
 [ -n "$SVC_CIDR" ] || { log "no free service range in 10.99.200-250.0/24"; exit 1; }
 SVC_PREFIX=${SVC_CIDR%0/24}
-for n in $(seq 1 250 | shuf); do
-    [ -e "/sys/class/net/corral-p$n" ] || { N=$n; break; }
-done
-NODE=corral-pbench-$N
-BRIDGE=corral-p$N
-CGROUP=corral-$NODE
-API_PORT=$(free_port 127.0.0.1)
-KUBELET_PORT=$(free_port 127.0.0.1)
-"$TMP/corral" server --data-dir "$TMP/data" --https-port "$API_PORT" \
-    --service-cidr "$SVC_CIDR" --node-name "$NODE" --bridge "$BRIDGE" \
-    --pod-cidr "10.247.$N.0/24" --kubelet-port "$KUBELET_PORT" --node-ip 127.0.0.1 \
-    >"$TMP/server.log" 2>&1 &
-CORRAL_PID=$!
+# start_corral DIR [ARGS...]: a server with its node agent on a bridge, pod range and
+# kubelet port of its own; sets STARTED_PID and STARTED_NODE.
+start_corral() {
+    local dir=$1 n=""
+    shift
+    for i in $(seq 1 250 | shuf); do
+        [ -e "/sys/class/net/corral-p$i" ] || [[ " ${BRIDGES[*]} " == *" corral-p$i "* ]] ||
+            { n=$i; break; }
+    done
+    STARTED_NODE=corral-pbench-$n
+    BRIDGES+=("corral-p$n")
+    CGROUPS+=("corral-$STARTED_NODE")
+    "$TMP/corral" server --data-dir "$dir" --https-port "$(free_port 127.0.0.1)" \
+        --node-name "$STARTED_NODE" --bridge "corral-p$n" --pod-cidr "10.247.$n.0/24" \
+        --kubelet-port "$(free_port 127.0.0.1)" --node-ip 127.0.0.1 "$@" \
+        >"$dir.log" 2>&1 &
+    STARTED_PID=$!
+    CORRAL_PIDS+=("$STARTED_PID")
+    for _ in $(seq 600); do
+        [ -f "$dir/kubeconfig.yaml" ] &&
+            kubectl --kubeconfig "$dir/kubeconfig.yaml" get --raw /readyz >/dev/null 2>&1 && return
+        kill -0 "$STARTED_PID" 2>/dev/null || { log "corral server exited; see $dir.log"; exit 1; }
+        sleep 0.1
+    done
+    log "corral server not ready in 60 s"
+    exit 1
+}
+mkdir -p "$TMP/data"
+start_corral "$TMP/data" --service-cidr "$SVC_CIDR"
+CORRAL_PID=$STARTED_PID NODE=$STARTED_NODE
+ln -s data.log "$TMP/server.log"
 export KUBECONFIG=$TMP/data/kubeconfig.yaml
-for _ in $(seq 600); do
-    [ -f "$KUBECONFIG" ] && kubectl get --raw /readyz >/dev/null 2>&1 && break
-    kill -0 "$CORRAL_PID" 2>/dev/null || { log "corral server exited"; exit 1; }
-    sleep 0.1
-done
-kubectl get --raw /readyz >/dev/null
-log "corral pid $CORRAL_PID on :$API_PORT, node $NODE, bridge $BRIDGE, services $SVC_CIDR;" \
+log "corral pid $CORRAL_PID, node $NODE, services $SVC_CIDR;" \
     "haproxy pid $HAPROXY_PID ($HAPROXY_THREADS threads) on :$HA_L7 (http) :$HA_L4 (tcp);" \
     "nginx on 127.0.0.2/127.0.0.3:$BACKEND_PORT"
 
@@ -288,13 +302,19 @@ spec:
 EOF
 } >"$TMP/objects.yaml"
 kubectl apply -f "$TMP/objects.yaml" >/dev/null
+# The same server and objects without the proxy (--disable-proxy), idle beside it: the
+# difference in RSS is what the proxy holds, which one process's RSS cannot tell.
+mkdir -p "$TMP/noproxy"
+start_corral "$TMP/noproxy" --disable-proxy --service-cidr "$SVC_CIDR"
+NOPROXY_PID=$STARTED_PID
+kubectl --kubeconfig "$TMP/noproxy/kubeconfig.yaml" apply -f "$TMP/objects.yaml" >/dev/null
 ip_of() { kubectl -n proxy-bench get svc "$1" -o jsonpath='{.spec.clusterIP}'; }
 
 log "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg);" \
     "$(nginx -v 2>&1 | cut -d' ' -f3); $(haproxy -v | head -1 | cut -d' ' -f1-3); wrk $(wrk -v 2>&1 | head -1 | cut -d' ' -f2)"
 OUT=$(python3 "$ROOT/bench/proxybench.py" \
     --tmp "$TMP" --lua "$ROOT/bench/proxy_wrk.lua" --kubeconfig "$KUBECONFIG" \
-    --corral-pid "$CORRAL_PID" --haproxy-pid "$HAPROXY_PID" --haproxy-threads "$HAPROXY_THREADS" \
+    --corral-pid "$CORRAL_PID" --noproxy-pid "$NOPROXY_PID" --haproxy-pid "$HAPROXY_PID" --haproxy-threads "$HAPROXY_THREADS" \
     --direct "127.0.0.2:$BACKEND_PORT" \
     --haproxy-l7 "127.0.0.1:$HA_L7" --haproxy-l4 "127.0.0.1:$HA_L4" \
     --corral-l7 "$(ip_of bench-http):80" --corral-l4 "$(ip_of bench-tcp):80" \
