@@ -14,7 +14,7 @@
 # corral/HAProxy ratios. See bench/README.md.
 #
 # Knobs (environment): DURATION=10 (seconds per wrk run) CONNS=50 (connections of the
-# throughput runs) ROUNDS=2 (throughput runs per path, alternating, best kept)
+# throughput runs) ROUNDS=3 (paced and max runs per path, alternating, median kept)
 # MID_CONNS=4 (the fixed-concurrency run CPU is also taken at) FLIPS=10 (VirtualService
 # changes) HAPROXY_THREADS (default: nproc) CARGO_TARGET_DIR RESULTS=FILE (append the JSON)
 # CORRAL_BIN=FILE (use that binary instead of building) SERVER_LOG=FILE (keep the server log).
@@ -320,7 +320,7 @@ OUT=$(python3 "$ROOT/bench/proxybench.py" \
     --corral-l7 "$(ip_of bench-http):80" --corral-l4 "$(ip_of bench-tcp):80" \
     --route "$(ip_of bench-route):80" --namespace proxy-bench \
     --duration "${DURATION:-10}" --conns "${CONNS:-50}" --mid-conns "${MID_CONNS:-4}" \
-    --rounds "${ROUNDS:-2}" --flips "${FLIPS:-10}")
+    --rounds "${ROUNDS:-3}" --flips "${FLIPS:-10}")
 echo "$OUT"
 [ -n "${RESULTS:-}" ] && grep '^{' <<<"$OUT" >>"$RESULTS"
 log "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
