@@ -324,7 +324,8 @@ def main():
     yes = lambda ok: "yes" if ok else "**no**"  # noqa: E731
     d = res[("direct", "paced")]
     rows.append(f"Direct to one backend, paced (1 connection, 1 ms pause): {d['rps']:.0f} req/s,"
-                f" p50 {ms(d['lat_us']['p50'])} ms, p99 {ms(d['lat_us']['p99'])} ms."
+                f" p50 {ms(d['lat_us']['p50'])} ms, p90 {ms(d['lat_us']['p90'])} ms,"
+                f" p99 {ms(d['lat_us']['p99'])} ms."
                 f" Direct, {args.conns} connections: {res[('direct', 'max')]['rps']:,.0f} req/s.")
     rows.append("")
     rows.append("| metric | HAProxy | corral | corral/HAProxy | goal | met |")
@@ -334,18 +335,20 @@ def main():
         name = "L7 (http)" if layer == "l7" else "L4 (tcp)"
         hp, cp = res[(h, "paced")], res[(c, "paced")]
         row(f"{name} paced: req/s achieved", f"{hp['rps']:.0f}", f"{cp['rps']:.0f}", "")
-        row(f"{name} paced: latency p50 / p99 ms",
-            f"{ms(L(h, 'paced')['p50'])} / {ms(L(h, 'paced')['p99'])}",
-            f"{ms(L(c, 'paced')['p50'])} / {ms(L(c, 'paced')['p99'])}",
+        row(f"{name} paced: latency p50 / p90 / p99 ms",
+            f"{ms(L(h, 'paced')['p50'])} / {ms(L(h, 'paced')['p90'])} / {ms(L(h, 'paced')['p99'])}",
+            f"{ms(L(c, 'paced')['p50'])} / {ms(L(c, 'paced')['p90'])} / {ms(L(c, 'paced')['p99'])}",
             ratio(L(c, "paced")["p99"], L(h, "paced")["p99"]) + " (p99)")
         dh = L(h, "paced")["p99"] - L("direct", "paced")["p99"]
         dc = L(c, "paced")["p99"] - L("direct", "paced")["p99"]
         d50h = L(h, "paced")["p50"] - L("direct", "paced")["p50"]
         d50c = L(c, "paced")["p50"] - L("direct", "paced")["p50"]
+        d90h = L(h, "paced")["p90"] - L("direct", "paced")["p90"]
+        d90c = L(c, "paced")["p90"] - L("direct", "paced")["p90"]
         # A negative difference means the direct run's tail was the machine's noise, not
         # the path's: no verdict then.
-        row(f"{name} added latency over direct, p50 / p99 ms", f"{ms(d50h)} / {ms(dh)}",
-            f"{ms(d50c)} / {ms(dc)}", ratio(dc, dh) + " (p99)" if dh > 0 and dc > 0 else "",
+        row(f"{name} added latency over direct, p50 / p90 / p99 ms",
+            f"{ms(d50h)} / {ms(d90h)} / {ms(dh)}", f"{ms(d50c)} / {ms(d90c)} / {ms(dc)}", ratio(dc, dh) + " (p99)" if dh > 0 and dc > 0 else "",
             "p99 < 0.3 ms" if layer == "l7" else "",
             ("?" if dc < 0 else yes(dc < 300)) if layer == "l7" else "")
         hm, cm = res[(h, "max")], res[(c, "max")]
@@ -405,6 +408,7 @@ def main():
     print("Every round (paced p99 ms; max req/s):")
     for p in PATHS:
         print(f"- {p}: " + ", ".join(ms(r["lat_us"]["p99"]) for r in runs[(p, "paced")])
+              + " (load " + ", ".join(f"{r['load1']:.1f}" for r in runs[(p, "paced")]) + ")"
               + "; " + ", ".join(f"{r['rps']:,.0f}" for r in runs[(p, "max")]))
 
 
