@@ -9,7 +9,9 @@
 # service range, bridge and pod range of its own, with selector-less Services whose
 # EndpointSlices list the two backends; HAProxy with the same two backends, round robin, in
 # http mode and in tcp mode. wrk drives each path: the backend directly, HAProxy L7/L4,
-# corral L7/L4. Then the time from a VirtualService change to traffic following it.
+# corral L7/L4. Then the time from a VirtualService change to traffic following it. A
+# second server with the same objects and --disable-proxy idles beside the first, so the
+# proxy's share of the process's RSS can be told apart.
 # `bench/proxybench.py` measures and prints JSON lines and a Markdown summary with
 # corral/HAProxy ratios. See bench/README.md.
 #
