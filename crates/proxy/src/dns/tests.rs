@@ -212,9 +212,22 @@ fn a_records(m: &Message) -> Vec<String> {
 /// A fake upstream resolver on 127.0.0.1 (UDP and TCP on the same port): answers every A
 /// question with 192.0.2.1 (TTL 300), or only with TC=1 over UDP when `truncate_udp`.
 async fn fake_upstream(truncate_udp: bool) -> SocketAddr {
-    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = sock.local_addr().unwrap();
-    let listener = TcpListener::bind(addr).await.unwrap();
+    // The kernel picks a free UDP port; the same TCP port may be taken: try again.
+    let (sock, addr, listener) = {
+        let mut tries = 0;
+        loop {
+            let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = sock.local_addr().unwrap();
+            match TcpListener::bind(addr).await {
+                Ok(l) => break (sock, addr, l),
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                }
+                Err(e) => panic!("no port free for both UDP and TCP: {e}"),
+            }
+        }
+    };
     let answer = |q: &Message| {
         let mut m = Message::reply_to(q);
         m.header.ra = true;
