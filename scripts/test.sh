@@ -67,6 +67,11 @@ if [ ! -x /bin/busybox ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null;
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq busybox-static; } >/dev/null \
     || echo "installing busybox-static failed" >&2
 fi
+# The Ingress TLS test makes its certificate with openssl.
+if ! command -v openssl >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl; } >/dev/null \
+    || echo "installing openssl failed" >&2
+fi
 if [ -x /bin/busybox ]; then
   python3 tests/images/build.py "$CARGO_TARGET_DIR/test-images" >/dev/null
   export CORRAL_TEST_IMAGES="$CARGO_TARGET_DIR/test-images"
