@@ -167,9 +167,11 @@ pub(crate) fn read_state(bundle: &Path) -> Result<ContainerState> {
             started_at: started_at.unwrap_or_else(Utc::now),
         });
     }
-    // The process is gone; its shim may be writing the exit record right now.
+    // The process is gone; its shim may be writing the exit record right now. On a busy
+    // node that takes a while (reaping, reading the OOM counters): wait up to 2 s while the
+    // shim lives, or an OOM kill is reported as a lost container.
     if crate::sys::process_matches(state.shim_pid, state.shim_start_ticks) {
-        for _ in 0..100 {
+        for _ in 0..1000 {
             if let Some(exit) = read_json::<ExitRecord>(&bundle.join(EXIT))? {
                 return Ok(exit.to_state(started_at));
             }
