@@ -275,6 +275,14 @@ impl Netlink {
         self.request(&mut m).map(drop)
     }
 
+    /// Sets a link's MAC address. On a bridge this also pins it: a bridge without an
+    /// address of its own takes the lowest of its ports' and changes when that port goes.
+    pub fn set_mac(&mut self, index: i32, mac: [u8; 6]) -> io::Result<()> {
+        let mut m = Msg::new(RTM_NEWLINK, 0);
+        m.ifinfo(index, 0, 0).attr(IFLA_ADDRESS, &mac);
+        self.request(&mut m).map(drop)
+    }
+
     pub fn set_up(&mut self, index: i32) -> io::Result<()> {
         let mut m = Msg::new(RTM_NEWLINK, 0);
         m.ifinfo(index, IFF_UP, IFF_UP);

@@ -3,6 +3,7 @@
 //! route via the bridge's gateway address).
 
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
@@ -58,6 +59,24 @@ fn ignore_exists(r: io::Result<()>) -> io::Result<()> {
     }
 }
 
+/// A locally administered MAC derived from an address, so neighbours' ARP caches stay
+/// right when the address is reused by a new pod (or the bridge is recreated).
+fn mac_for(ip: Ipv4Addr) -> [u8; 6] {
+    let ip = ip.octets();
+    [0x0a, 0x58, ip[0], ip[1], ip[2], ip[3]]
+}
+
+/// A link's MAC address as sysfs shows it, or None when it cannot be read.
+fn current_mac(link: &str) -> Option<[u8; 6]> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{link}/address")).ok()?;
+    let mut mac = [0u8; 6];
+    let mut parts = text.trim().split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
 /// Makes sure the bridge exists, is up and has the gateway address; returns whether it was
 /// created by this call.
 pub(crate) fn ensure_bridge(host: &mut Netlink, net: &PodNetwork) -> io::Result<(i32, bool)> {
@@ -75,6 +94,14 @@ pub(crate) fn ensure_bridge(host: &mut Netlink, net: &PodNetwork) -> io::Result<
         }
     };
     ignore_exists(host.add_address(index, net.gateway, net.prefix_len))?;
+    // Pinned, and checked on every call so a bridge from an older run is fixed too: with a
+    // MAC borrowed from a port, deleting that pod's veth changed the gateway's MAC and every
+    // pod that had it cached sent into the void until its ARP entry went stale. Set only
+    // when it differs: a MAC change flushes the bridge's neighbour table.
+    let mac = mac_for(net.gateway);
+    if current_mac(&net.bridge).as_ref() != Some(&mac) {
+        host.set_mac(index, mac)?;
+    }
     if created {
         host.set_up(index)?;
     }
@@ -90,10 +117,7 @@ pub(crate) fn attach_pod(
     host_veth: &str,
     net: &PodNetwork,
 ) -> io::Result<()> {
-    // A locally administered MAC derived from the pod IP, so neighbours' ARP caches stay
-    // right when an address is reused by a new pod.
-    let ip = net.pod_ip.octets();
-    let mac = [0x0a, 0x58, ip[0], ip[1], ip[2], ip[3]];
+    let mac = mac_for(net.pod_ip);
     match host.create_veth(
         host_veth,
         bridge_index,

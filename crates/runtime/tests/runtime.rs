@@ -192,6 +192,17 @@ async fn pods_on_one_bridge_reach_each_other() {
     let st = env.exited("net-nc-server").await;
     assert_eq!(exit_of(&st).0, 0);
     assert!(env.log("net-nc-server").contains("stdout F ping-over-nc"));
+
+    // The gateway's MAC is the bridge's own, pinned: a bridge left to itself takes its
+    // lowest port MAC, so removing one pod changed the gateway under every other pod's
+    // ARP cache and their traffic vanished for half a minute.
+    let bridge_mac = || std::fs::read_to_string("/sys/class/net/crt-net/address").unwrap();
+    assert_eq!(bridge_mac().trim(), "0a:58:0a:f4:0d:01");
+    let c = env.pod("pod-c", Some(("crt-net", 13, 4))).await;
+    env.rt.remove_sandbox(&c.pod_uid).await.unwrap();
+    env.rt.remove_container("net-httpd").await.unwrap();
+    env.rt.remove_sandbox("pod-a").await.unwrap();
+    assert_eq!(bridge_mac().trim(), "0a:58:0a:f4:0d:01");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
