@@ -13,6 +13,7 @@ Everything it makes (processes, netns, links, bridges, cgroups, mounts) is remov
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -283,6 +284,113 @@ def test_pods_run_on_the_joined_node(cluster):
     kc("exec", "-n", "mn-run", "there", "--", "sh", "-c", "echo from-node-b > /proc/1/fd/1")
     wait_for("the log line", lambda: "from-node-b" in kc("logs", "-n", "mn-run", "there"))
     kc.run("delete", "namespace", "mn-run", "--wait=false")
+
+
+def test_a_service_spans_the_nodes_through_the_mutual_tls_tunnel(cluster):
+    """A Service whose pod runs on the joined node, called from a pod of the server's
+    node: no route joins the two pod ranges, so the request can only travel in the node
+    proxies' tunnel (HTTP/2 CONNECT over mutual TLS on port 15008), at L7 (port `http`)
+    and L4 (port `tcp-raw`). Each proxy got its certificates from the cluster CA; the
+    tunnel refuses a client without one."""
+    import socket
+    import ssl
+
+    kc, a = cluster.kc, cluster.agent
+    ns = "mn-mesh"
+    wait_for("the joined node", lambda: node_ready(kc, a.node_name) == "True", timeout=60)
+    kc.run("create", "namespace", ns)
+    far = pinned_pod("far", a.node_name)
+    client = pinned_pod("client", cluster.server_node)
+    client["spec"]["containers"][0]["command"] = ["sleep", "3600"]
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "far"},
+           "spec": {"selector": {"app": "far"}, "ports": [
+               {"name": "http", "port": 80, "targetPort": 8080},
+               {"name": "tcp-raw", "port": 81, "targetPort": 8080}]}}
+    for obj in (far, client, svc):
+        kc.run("apply", "-n", ns, "-f", "-", input=json.dumps(obj))
+    wait_for("both pods", lambda: running(kc, ns, "far") and running(kc, ns, "client"), timeout=90)
+    ip = kc.json("get", "service", "far", "-n", ns)["spec"]["clusterIP"]
+
+    def wget(url):
+        return kc.run("exec", "-n", ns, "client", "--", "wget", "-q", "-O-", url, check=False, timeout=30)
+
+    for url in (f"http://{ip}/", f"http://{ip}:81/", f"http://far.{ns}.svc.cluster.local/"):
+        out = wait_for(f"{url} through the tunnel", lambda: (lambda o: o if o.returncode == 0 else None)(wget(url)),
+                       timeout=30)
+        assert "web v1" in out.stdout, out
+    logs = cluster.server.logs()
+    assert f"spiffe://cluster.local/ns/{ns}/sa/default" in logs, "the client's workload identity was not issued"
+    assert f"spiffe://cluster.local/node/{a.node_name}" in logs, "the joined node's proxy got no certificate"
+
+    # The tunnel port takes TLS with a certificate of the cluster CA, nothing else.
+    tunnel = (cluster.netns.ns_ip, 15008)
+    with socket.create_connection(tunnel, timeout=5) as s:
+        s.sendall(b"CONNECT 10.42.0.2:8080 HTTP/1.1\r\n\r\n")
+        s.settimeout(5)
+        try:
+            got = s.recv(100)
+        except OSError:
+            got = b""
+        assert not got.startswith(b"HTTP"), got
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    refused = False
+    try:
+        with socket.create_connection(tunnel, timeout=5) as raw, ctx.wrap_socket(raw) as s:
+            s.settimeout(5)
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            refused = s.recv(100) == b""
+    except (ssl.SSLError, ConnectionError):
+        refused = True
+    assert refused, "the tunnel served a client without a certificate"
+    kc.run("delete", "namespace", ns, "--wait=false")
+
+
+def test_the_mesh_certificate_endpoint_refuses_what_a_node_may_not_have(cluster, tmp_path):
+    """POST /corral/v1/mesh-certificate with a join token: an identity of a service
+    account no pod runs as, or of another trust domain, is refused (403); a body that is
+    not a certificate request gets 400."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    url = f"https://{cluster.netns.host_ip}:{cluster.server.port}/corral/v1/mesh-certificate"
+    bearer = cluster.agent.token.split("::", 1)[1]
+
+    def csr(uri):
+        out = tmp_path / "req.pem"
+        subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", str(tmp_path / "key.pem"), "-subj", "/", "-addext",
+                        f"subjectAltName=URI:{uri}", "-out", str(out)], check=True, capture_output=True)
+        return out.read_bytes()
+
+    def post(body, token=bearer):
+        req = urllib.request.Request(url, data=body, method="POST")
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    if not shutil.which("openssl"):
+        pytest.skip("openssl makes the certificate requests (scripts/test.sh installs it)")
+    code, body = post(csr("spiffe://cluster.local/ns/default/sa/nobody-runs-as-me"))
+    assert code == 403 and "no pod on a node runs as service account default/nobody-runs-as-me" in body, body
+    code, body = post(csr("spiffe://evil.example/ns/default/sa/default"))
+    assert code == 403 and "trust domain" in body, body
+    code, body = post(b"not a certificate request")
+    assert code == 400 and "certificate request" in body, body
+    code, body = post(csr("spiffe://cluster.local/node/some-node"), token=None)
+    assert code == 401, body
+    code, body = post(csr(f"spiffe://cluster.local/node/{cluster.agent.node_name}"))
+    assert code == 200 and "BEGIN CERTIFICATE" in body, body
 
 
 def test_node_failure_reschedules_and_the_agent_comes_back(cluster):

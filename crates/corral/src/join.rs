@@ -96,53 +96,10 @@ pub async fn sign_serving_cert(
     ca_key_pem: &str,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    use http::StatusCode;
-    let status = |code: StatusCode, reason: &str, msg: String| {
-        let body = serde_json::json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {},
-            "status": "Failure", "message": msg, "reason": reason, "code": code.as_u16(),
-        });
-        (code, axum::Json(body)).into_response()
+    let (ident, csr) = match node_request(ident, req, "node serving certificates").await {
+        Ok(x) => x,
+        Err(resp) => return resp,
     };
-    let Some(ident) = ident else {
-        return status(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "Unauthorized".into(),
-        );
-    };
-    if !ident
-        .groups
-        .iter()
-        .any(|g| g == "system:nodes" || g == "system:masters")
-    {
-        return status(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            format!(
-                "user {:?} may not request node serving certificates",
-                ident.user
-            ),
-        );
-    }
-    if req.method() != http::Method::POST {
-        return status(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowed",
-            "POST a PEM certificate request".into(),
-        );
-    }
-    let body = match axum::body::to_bytes(axum::body::Body::new(req.into_body()), 64 * 1024).await {
-        Ok(b) => b,
-        Err(e) => {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                format!("reading the certificate request (at most 64 KiB): {e}"),
-            )
-        }
-    };
-    let csr = String::from_utf8_lossy(&body);
     match corral_kubelet_api::certs::sign_node_csr(ca_pem, ca_key_pem, &csr) {
         Ok(cert) => {
             tracing::info!(user = %ident.user, "signed a node serving certificate");
@@ -152,8 +109,146 @@ pub async fn sign_serving_cert(
             )
                 .into_response()
         }
+        Err(e) => status(http::StatusCode::BAD_REQUEST, "BadRequest", e),
+    }
+}
+
+fn status(code: http::StatusCode, reason: &str, msg: String) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": msg, "reason": reason, "code": code.as_u16(),
+    });
+    (code, axum::Json(body)).into_response()
+}
+
+/// The caller (a node or an admin) and the PEM certificate request it POSTed, or the
+/// response that refuses it.
+async fn node_request(
+    ident: Option<corral_api::Identity>,
+    req: http::Request<hyper::body::Incoming>,
+    what: &str,
+) -> Result<(corral_api::Identity, String), axum::response::Response> {
+    use http::StatusCode;
+    let Some(ident) = ident else {
+        return Err(status(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Unauthorized".into(),
+        ));
+    };
+    if !ident
+        .groups
+        .iter()
+        .any(|g| g == "system:nodes" || g == "system:masters")
+    {
+        return Err(status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!("user {:?} may not request {what}", ident.user),
+        ));
+    }
+    if req.method() != http::Method::POST {
+        return Err(status(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "MethodNotAllowed",
+            "POST a PEM certificate request".into(),
+        ));
+    }
+    match axum::body::to_bytes(axum::body::Body::new(req.into_body()), 64 * 1024).await {
+        Ok(b) => Ok((ident, String::from_utf8_lossy(&b).into_owned())),
+        Err(e) => Err(status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("reading the certificate request (at most 64 KiB): {e}"),
+        )),
+    }
+}
+
+/// POST corral_proxy::mtls::SIGNING_PATH: signs a node proxy's request for a mesh
+/// identity. Admins may have any identity of the trust domain; nodes (join tokens, which
+/// like k3s' are not bound to one node name) a node identity, or a service account's
+/// identity only while some pod scheduled to a node runs as that account: a token holder
+/// can speak for a workload that runs, never mint one for an account nothing uses.
+pub async fn sign_mesh_cert(
+    ident: Option<corral_api::Identity>,
+    req: http::Request<hyper::body::Incoming>,
+    auth: &crate::serve::Auth,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use corral_proxy::mtls::{certs, SpiffeId};
+    use http::StatusCode;
+    let (ident, csr) = match node_request(ident, req, "mesh certificates").await {
+        Ok(x) => x,
+        Err(resp) => return resp,
+    };
+    let id = match certs::requested_identity(&csr) {
+        Ok(id) => id,
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e),
+    };
+    if id.trust_domain() != &*auth.trust_domain {
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            format!(
+                "{id} is outside this mesh's trust domain {:?}",
+                auth.trust_domain
+            ),
+        );
+    }
+    let admin = ident.groups.iter().any(|g| g == "system:masters");
+    if let (
+        false,
+        SpiffeId::Workload {
+            namespace,
+            service_account,
+            ..
+        },
+    ) = (admin, &id)
+    {
+        match has_scheduled_pod(&auth.client, namespace, service_account).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return status(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden",
+                    format!(
+                        "no pod on a node runs as service account {namespace}/{service_account}"
+                    ),
+                )
+            }
+            Err(e) => {
+                return status(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    format!("checking the pods of {namespace}: {e}"),
+                )
+            }
+        }
+    }
+    match certs::sign(&auth.ca_pem, &auth.ca_key_pem, &csr, &id) {
+        Ok(cert) => {
+            tracing::info!(user = %ident.user, identity = %id, "signed a mesh certificate");
+            (
+                [(http::header::CONTENT_TYPE, "application/x-pem-file")],
+                cert,
+            )
+                .into_response()
+        }
         Err(e) => status(StatusCode::BAD_REQUEST, "BadRequest", e),
     }
+}
+
+async fn has_scheduled_pod(client: &kube::Client, ns: &str, sa: &str) -> Result<bool, kube::Error> {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods = kube::Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await?;
+    Ok(pods.items.iter().any(|p| {
+        p.spec.as_ref().is_some_and(|s| {
+            s.node_name.is_some() && s.service_account_name.as_deref().unwrap_or("default") == sa
+        })
+    }))
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {

@@ -314,6 +314,7 @@ impl NodeArgs {
         &self,
         data_dir: &std::path::Path,
         cluster_dns: Option<IpAddr>,
+        mesh: corral_proxy::MeshTls,
         client: kube::Client,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> Option<tokio::task::JoinHandle<()>> {
@@ -333,6 +334,7 @@ impl NodeArgs {
             ingress_http_port: (self.ingress_http_port != 0).then_some(self.ingress_http_port),
             ingress_https_port: (self.ingress_https_port != 0).then_some(self.ingress_https_port),
             bridge: Some(self.bridge.clone()),
+            mesh: Some(mesh),
         };
         Some(tokio::spawn(corral_proxy::run(client, cfg, async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -475,6 +477,12 @@ async fn agent(args: JoinArgs) -> Result<()> {
         .get_opt(&cfg.node_name)
         .await
         .with_context(|| format!("the server at {} refused the token", args.server))?;
+    let mesh = corral_proxy::MeshTls {
+        ca_pem: ca_pem.clone(),
+        issuer: corral_proxy::mtls::identities::Issuer::RequestFromServer {
+            client: client.clone(),
+        },
+    };
     cfg.kubelet_tls = corral_agent::KubeletTls::RequestFromServer { ca_pem };
     tracing::info!(server = %args.server, node = %cfg.node_name, "joining");
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -482,9 +490,13 @@ async fn agent(args: JoinArgs) -> Result<()> {
     if !args.node.disable_proxy {
         cfg.cluster_dns = cluster_dns;
     }
-    let proxy = args
-        .node
-        .spawn_proxy(&data_dir, cluster_dns, client.clone(), stop_rx.clone());
+    let proxy = args.node.spawn_proxy(
+        &data_dir,
+        cluster_dns,
+        mesh,
+        client.clone(),
+        stop_rx.clone(),
+    );
     let run = tokio::spawn(corral_agent::run(client, cfg, async move {
         let _ = stop_rx.wait_for(|s| *s).await;
     }));
@@ -633,9 +645,16 @@ async fn server(args: ServerArgs) -> Result<()> {
     let proxy = if args.disable_agent {
         None
     } else {
+        let mesh = corral_proxy::MeshTls {
+            ca_pem: pki.ca_pem.clone(),
+            issuer: corral_proxy::mtls::identities::Issuer::SignWith {
+                ca_key_pem: pki.ca_key_pem.clone(),
+            },
+        };
         args.node.spawn_proxy(
             &data_dir,
             Some(cluster_dns),
+            mesh,
             client.clone(),
             stop_rx.clone(),
         )
@@ -664,6 +683,8 @@ async fn server(args: ServerArgs) -> Result<()> {
             tokens,
             ca_pem: Arc::new(pki.ca_pem.clone()),
             ca_key_pem: Arc::new(pki.ca_key_pem.clone()),
+            trust_domain: args.node.cluster_domain.as_str().into(),
+            client: client.clone(),
         },
         stop_rx,
     ));

@@ -72,6 +72,10 @@ pub struct Auth {
     pub tokens: Arc<crate::tokens::Tokens>,
     pub ca_pem: Arc<String>,
     pub ca_key_pem: Arc<String>,
+    /// The mesh's trust domain (the cluster domain), for signing mesh certificates.
+    pub trust_domain: Arc<str>,
+    /// An in-process admin client: signing a workload identity looks at its pods.
+    pub client: kube::Client,
 }
 
 /// Accept connections until `stop` fires; each connection is served on its own task.
@@ -129,6 +133,8 @@ pub async fn run(
                 let cacerts = (req.uri().path() == "/cacerts").then(|| auth.ca_pem.clone());
                 let signing = (req.uri().path() == crate::join::SERVING_CERT_PATH)
                     .then(|| (auth.ca_pem.clone(), auth.ca_key_pem.clone()));
+                let mesh_signing =
+                    (req.uri().path() == corral_proxy::mtls::SIGNING_PATH).then(|| auth.clone());
                 async move {
                     if let Some(pem) = cacerts {
                         return Ok(axum::response::IntoResponse::into_response((
@@ -138,6 +144,9 @@ pub async fn run(
                     }
                     if let Some((ca, key)) = signing {
                         return Ok(crate::join::sign_serving_cert(ident, req, &ca, &key).await);
+                    }
+                    if let Some(auth) = mesh_signing {
+                        return Ok(crate::join::sign_mesh_cert(ident, req, &auth).await);
                     }
                     if let Some(i) = ident {
                         req.extensions_mut().insert(i);

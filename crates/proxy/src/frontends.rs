@@ -3,7 +3,7 @@
 //! may take its traffic. Choosing among them (round robin, ClientIP affinity) lives here
 //! too, since it is state of the frontend, not of a connection.
 
-use crate::view::{ClusterView, Endpoint, Protocol, ServiceInfo, ServiceKey, ServiceType};
+use crate::view::{ClusterView, Protocol, ServiceInfo, ServiceKey, ServiceType};
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -135,13 +135,47 @@ pub struct Frontends {
     pub certs: Arc<HashMap<String, Arc<rustls::sign::CertifiedKey>>>,
     /// NetworkPolicies: whether a client may reach the endpoint the proxy chose for it.
     pub netpol: Arc<crate::netpol::NetPolicies>,
+    /// Tunnels to other nodes' pods (None: endpoints are dialled directly, wherever).
+    pub mesh: Option<Arc<crate::mtls::tunnel::Mesh>>,
 }
 
 impl Frontends {
+    /// Connects to the endpoint `dst` on behalf of `client`: through the node tunnel when
+    /// it is a pod of another node, straight otherwise.
+    pub async fn dial(
+        &self,
+        client: IpAddr,
+        dst: std::net::SocketAddr,
+        judged_http: bool,
+    ) -> std::io::Result<crate::mtls::tunnel::Upstream> {
+        match &self.mesh {
+            Some(m) => m.dial(self, client, dst, judged_http).await,
+            None => crate::mtls::tunnel::dial_direct(dst)
+                .await
+                .map(crate::mtls::tunnel::Upstream::Direct),
+        }
+    }
+
     /// Judges a request or connection from `source_ip` to the endpoint at `dest_ip`;
     /// endpoints that are not pods of this cluster are not judged.
     pub fn authorize(
         &self,
+        source_ip: IpAddr,
+        dest_ip: IpAddr,
+        port: u16,
+        http: Option<crate::mesh::authz::HttpParts>,
+    ) -> crate::mesh::authz::Decision {
+        let source = self
+            .pods_by_ip
+            .get(&source_ip)
+            .map(|p| crate::mesh::authz::SourceId::Pod(p));
+        self.authorize_from(source, source_ip, dest_ip, port, http)
+    }
+
+    /// As [`Frontends::authorize`], with the source's identity given (from a certificate).
+    pub fn authorize_from(
+        &self,
+        source: Option<crate::mesh::authz::SourceId>,
         source_ip: IpAddr,
         dest_ip: IpAddr,
         port: u16,
@@ -156,7 +190,7 @@ impl Frontends {
         };
         self.authz.decide(&Request {
             source_ip,
-            source: self.pods_by_ip.get(&source_ip).map(|p| &**p),
+            source,
             destination,
             port,
             http,
@@ -307,31 +341,13 @@ impl Frontends {
 }
 
 fn backends(svc: &ServiceInfo, port_name: &str, protocol: Protocol) -> Vec<Backend> {
-    let to_backends = |eps: &mut dyn Iterator<Item = &Endpoint>| -> Vec<Backend> {
-        let mut v: Vec<Backend> = eps
-            .filter_map(|e| {
-                let port = e.port_for(port_name, protocol)?;
-                Some(Backend {
-                    addr: SocketAddr::new(e.addresses[0], port),
-                    target: e.target.clone(),
-                })
-            })
-            .collect();
-        v.sort_by_key(|b| b.addr);
-        v.dedup_by_key(|b| b.addr);
-        v
-    };
-    let ready = to_backends(&mut svc.endpoints.iter().filter(|e| e.ready));
-    if !ready.is_empty() {
-        return ready;
-    }
-    to_backends(&mut svc.endpoints.iter().filter(|e| e.serving && e.terminating))
+    crate::mesh::routing::endpoints(svc, port_name, protocol, None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::view::{EndpointPort, ServicePort};
+    use crate::view::{Endpoint, EndpointPort, ServicePort};
 
     fn ep(ip: &str, ready: bool, serving: bool, terminating: bool) -> Endpoint {
         Endpoint {

@@ -13,6 +13,8 @@ use crate::mesh::outlier::{Outcome, Registry};
 use crate::mesh::routing::{
     apply_header_ops, chance, Action, Cluster, HashOn, RequestInfo, RetryPolicy, Route,
 };
+use crate::mtls::tunnel::TunnelConnector;
+use crate::mtls::SpiffeId;
 use crate::stats::Stats;
 use crate::telemetry::{RequestContext, ServedBy, Telemetry};
 use crate::view::Protocol;
@@ -24,8 +26,9 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +45,9 @@ pub const REASON_HEADER: &str = "x-corral-reason";
 pub struct Upstreams {
     h1: Client<HttpConnector, Body>,
     h2: Client<HttpConnector, Body>,
+    /// Pools to other nodes' endpoints through their tunnels, one per source identity
+    /// and protocol.
+    tunneled: std::sync::Mutex<HashMap<(bool, SpiffeId), Client<TunnelConnector, Body>>>,
     /// Outlier detection's view of every endpoint.
     pub health: Registry,
 }
@@ -60,8 +66,43 @@ impl Upstreams {
         Upstreams {
             h1,
             h2,
+            tunneled: Default::default(),
             health: Registry::default(),
         }
+    }
+
+    /// Sends `req` to the endpoint `addr` for a client at `peer`: through the endpoint's
+    /// node tunnel when it is a pod of another node, straight otherwise.
+    fn send(
+        &self,
+        app: AppProtocol,
+        frontends: &Frontends,
+        peer: IpAddr,
+        addr: SocketAddr,
+        req: Request<Body>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        let h2 = app == AppProtocol::Http2;
+        if let Some(mesh) = &frontends.mesh {
+            if mesh.remote(frontends, addr.ip()).is_some() {
+                let source = mesh.source_for(frontends, peer);
+                let client = self
+                    .tunneled
+                    .lock()
+                    .unwrap()
+                    .entry((h2, source.clone()))
+                    .or_insert_with(|| {
+                        let mut b = Client::builder(TokioExecutor::new());
+                        b.pool_idle_timeout(Duration::from_secs(60)).http2_only(h2);
+                        b.build(TunnelConnector {
+                            mesh: mesh.clone(),
+                            source,
+                        })
+                    })
+                    .clone();
+                return client.request(req);
+            }
+        }
+        if h2 { &self.h2 } else { &self.h1 }.request(req)
     }
 }
 
@@ -250,11 +291,7 @@ async fn handle(
                 &path,
                 &headers,
                 bytes,
-                |to| {
-                    frontends
-                        .netpol
-                        .allows(peer.ip(), to.ip(), to.port(), Protocol::Tcp)
-                },
+                (frontends, peer.ip()),
             );
         }
     }
@@ -371,10 +408,6 @@ struct Attempt<'a> {
 impl Attempt<'_> {
     async fn run(&self, mut body: Buffered) -> Result<Response<Incoming>, Response<Body>> {
         let c = self.cluster;
-        let client = match c.app {
-            AppProtocol::Http2 => &self.upstreams.h2,
-            _ => &self.upstreams.h1,
-        };
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last = local_reply(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -449,7 +482,9 @@ impl Attempt<'_> {
             }
             c.started(i);
             c.in_flight.fetch_add(1, Ordering::Relaxed);
-            let sent = client.request(up);
+            let sent = self
+                .upstreams
+                .send(c.app, self.frontends, self.peer.ip(), addr, up);
             let result = match self.retry.per_try_timeout {
                 Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
                 None => Ok(sent.await),
@@ -607,12 +642,13 @@ fn mirror_request(
     path: &str,
     headers: &HeaderMap,
     body: Bytes,
-    allowed: impl Fn(SocketAddr) -> bool,
+    (frontends, peer): (&Frontends, IpAddr),
 ) {
     let Some(i) = cluster.choose(&upstreams.health, &[], None) else {
         return;
     };
-    if !allowed(cluster.endpoints[i].addr) {
+    let to = cluster.endpoints[i].addr;
+    if !frontends.netpol.allows(peer, to.ip(), to.port(), Protocol::Tcp) {
         // NetworkPolicy: the copy goes nowhere the client may not go.
         return;
     }
@@ -632,12 +668,9 @@ fn mirror_request(
             req.headers_mut().insert(header::HOST, v);
         }
     }
-    let client = match cluster.app {
-        AppProtocol::Http2 => upstreams.h2.clone(),
-        _ => upstreams.h1.clone(),
-    };
+    let sent = upstreams.send(cluster.app, frontends, peer, cluster.endpoints[i].addr, req);
     tokio::spawn(async move {
-        if let Ok(resp) = client.request(req).await {
+        if let Ok(resp) = sent.await {
             let _ = resp.into_body().collect().await;
         }
     });

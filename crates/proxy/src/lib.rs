@@ -11,6 +11,7 @@ pub mod ingress;
 pub mod listeners;
 mod local_ips;
 pub mod mesh;
+pub mod mtls;
 pub mod netpol;
 pub mod pods;
 pub mod stats;
@@ -56,6 +57,23 @@ pub struct ProxyConfig {
     /// it, and NetworkPolicy is enforced on its pods' veths. None: pod-to-pod traffic on
     /// the bridge is not filtered (Service traffic still is).
     pub bridge: Option<String>,
+    /// Mutual TLS with other nodes' proxies (None: endpoints on other nodes are dialled
+    /// directly, and no tunnel is served).
+    pub mesh: Option<MeshTls>,
+}
+
+/// The cluster CA and who signs this node's mesh certificates.
+#[derive(Clone)]
+pub struct MeshTls {
+    pub ca_pem: String,
+    pub issuer: mtls::identities::Issuer,
+}
+
+impl std::fmt::Debug for MeshTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the CA key.
+        f.write_str("MeshTls")
+    }
 }
 
 /// How often binds that failed are retried while nothing else changes.
@@ -81,6 +99,18 @@ pub async fn run(
         ingress_http: cfg.ingress_http_port,
         ingress_https: cfg.ingress_https_port,
     };
+    let mesh = cfg.mesh.as_ref().map(|m| {
+        let ids = mtls::identities::Identities::new(
+            m.ca_pem.clone(),
+            m.issuer.clone(),
+            &cfg.cluster_domain,
+            &cfg.node_name,
+        );
+        Arc::new(mtls::tunnel::Mesh::new(
+            Arc::new(ids),
+            cfg.node_name.clone(),
+        ))
+    });
     let mut shutdown = std::pin::pin!(shutdown);
     // The first view arrives once both lists are in; until then nothing is bound.
     tokio::select! {
@@ -98,6 +128,13 @@ pub async fn run(
             None
         }
     });
+    let tunnel = mesh.clone().map(|m| {
+        tokio::spawn(serve_tunnel(
+            std::net::SocketAddr::new(cfg.node_ip, mtls::TUNNEL_PORT),
+            m,
+            table_tx.subscribe(),
+        ))
+    });
     let (desired_tx, desired_rx) = watch::channel(Arc::new(netpol::enforcer::Desired::default()));
     let enforcer = tokio::spawn(netpol::enforcer::run(desired_rx));
     let mut dns: Option<tokio::task::JoinHandle<()>> = None;
@@ -113,6 +150,10 @@ pub async fn run(
             let started = std::time::Instant::now();
             let mut built = Frontends::build(&view, &node, &table_tx.borrow());
             let desired = enforce_policies(&cfg, &view, &mut built);
+            if let Some(m) = &mesh {
+                m.set_pods(view.pods_by_ip.clone());
+                built.mesh = Some(m.clone());
+            }
             desired_tx.send_if_modified(|d| {
                 let changed = **d != desired;
                 if changed {
@@ -161,7 +202,7 @@ pub async fn run(
         }
     }
     listeners.stop_all();
-    for task in [metrics, dns].into_iter().flatten() {
+    for task in [metrics, dns, tunnel].into_iter().flatten() {
         task.abort();
     }
     ips.reconcile(&Default::default());
@@ -184,6 +225,29 @@ fn enforce_policies(
     fe.netpol = np.clone();
     let pa = mesh::peerauth::PeerAuthn::new(&view.peer_authentications);
     netpol::packet::node_rules(&np, &pa, &local, &cfg.node_name)
+}
+
+/// Serves the mesh tunnel on `addr`, retrying the bind while the port is taken.
+async fn serve_tunnel(
+    addr: std::net::SocketAddr,
+    mesh: Arc<mtls::tunnel::Mesh>,
+    table: watch::Receiver<Arc<Frontends>>,
+) {
+    let mut logged = false;
+    let listener = loop {
+        match tcp::bind(addr) {
+            Ok(l) => break l,
+            Err(e) => {
+                if !logged {
+                    tracing::warn!(%addr, error = %e, "cannot serve the mesh tunnel; retrying");
+                    logged = true;
+                }
+                tokio::time::sleep(MAX_BIND_RETRY).await;
+            }
+        }
+    };
+    tracing::info!(%addr, "mesh tunnel serving (mTLS, HTTP/2 CONNECT)");
+    mtls::tunnel::serve(listener, mesh, table).await
 }
 
 /// Serves cluster DNS on the cluster DNS address, port 53, UDP and TCP.

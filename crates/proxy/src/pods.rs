@@ -27,6 +27,8 @@ pub struct PodMeta {
     pub finished: bool,
     pub uid: String,
     pub node_name: Option<String>,
+    /// The address of the node it runs on (status.hostIP): where a tunnel to it goes.
+    pub host_ip: Option<IpAddr>,
     pub ports: Arc<Vec<PodPort>>,
 }
 
@@ -105,6 +107,9 @@ impl PodMeta {
         PodMeta {
             uid: p.uid().unwrap_or_default(),
             node_name: spec.and_then(|s| s.node_name.clone()),
+            host_ip: status
+                .and_then(|s| s.host_ip.as_deref())
+                .and_then(|i| i.parse().ok()),
             ports: Arc::new(ports),
             labels: Arc::new(labels.clone()),
             workload: Arc::new(workload),

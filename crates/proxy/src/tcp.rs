@@ -4,6 +4,7 @@
 
 use crate::frontends::{Frontend, Frontends, Listen};
 use crate::mesh::authz::Decision;
+use crate::mtls::tunnel::Upstream;
 use crate::stats::Stats;
 use crate::telemetry::{Labels, Telemetry};
 use crate::view::Protocol;
@@ -14,8 +15,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 
-/// How long to wait for an endpoint to accept before trying the next one.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How many endpoints one client connection tries before it is refused.
 const CONNECT_ATTEMPTS: usize = 3;
 
@@ -99,7 +98,6 @@ async fn proxy(
         "tcp",
     );
     t.telemetry.tcp_opened.get_or_create(&labels).inc();
-    let _ = upstream.set_nodelay(true);
     let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     let (up, down) = copied.unwrap_or((0, 0));
     stats.closed(up, down);
@@ -114,7 +112,7 @@ async fn connect(
     fe: &Frontend,
     peer: SocketAddr,
     frontends: &Frontends,
-) -> Option<(TcpStream, SocketAddr)> {
+) -> Option<(Upstream, SocketAddr)> {
     for backend in fe.pick(peer.ip()).into_iter().take(CONNECT_ATTEMPTS) {
         if let Decision::Deny(why) =
             frontends.authorize(peer.ip(), backend.addr.ip(), fe.service_port, None)
@@ -127,13 +125,10 @@ async fn connect(
             tracing::debug!(service = %fe.service, backend = %backend.addr, client = %peer, "connection refused by NetworkPolicy");
             return None;
         }
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend.addr)).await {
-            Ok(Ok(s)) => return Some((s, backend.addr)),
-            Ok(Err(e)) => {
+        match frontends.dial(peer.ip(), backend.addr, false).await {
+            Ok(s) => return Some((s, backend.addr)),
+            Err(e) => {
                 tracing::debug!(service = %fe.service, backend = %backend.addr, error = %e, "endpoint refused")
-            }
-            Err(_) => {
-                tracing::debug!(service = %fe.service, backend = %backend.addr, "endpoint connect timed out")
             }
         }
     }

@@ -675,6 +675,7 @@ fn proxy_config_picks_upstreams() {
         cluster_domain: "cluster.local".into(),
         dns_upstreams: vec![],
         bridge: None,
+        mesh: None,
     };
     let host = "nameserver 10.43.0.10\nnameserver 127.0.0.53\n";
     let d = DnsConfig::from_proxy_with_resolv_conf(&cfg, host);

@@ -94,10 +94,39 @@ pub struct Condition {
 
 pub type AuthorizationPolicy = crate::view::MeshResource<AuthorizationPolicySpec>;
 
+/// Who sent a request or connection.
+#[derive(Clone, Copy)]
+pub enum SourceId<'a> {
+    /// A pod, known by its address (a pod of this node, on its bridge).
+    Pod(&'a PodMeta),
+    /// The identity in a verified mTLS certificate (a tunnel from another node).
+    Verified(&'a crate::mtls::SpiffeId),
+}
+
+impl SourceId<'_> {
+    /// Istio's principal: the SPIFFE ID without its scheme.
+    fn principal(&self, domain: &str) -> String {
+        match self {
+            SourceId::Pod(p) => p.principal(domain),
+            SourceId::Verified(id) => id.to_string().trim_start_matches("spiffe://").to_string(),
+        }
+    }
+
+    fn namespace(&self) -> Option<&str> {
+        match self {
+            SourceId::Pod(p) => Some(&p.namespace),
+            SourceId::Verified(crate::mtls::SpiffeId::Workload { namespace, .. }) => {
+                Some(namespace)
+            }
+            SourceId::Verified(_) => None,
+        }
+    }
+}
+
 /// The request or connection being judged.
 pub struct Request<'a> {
     pub source_ip: IpAddr,
-    pub source: Option<&'a PodMeta>,
+    pub source: Option<SourceId<'a>>,
     pub destination: &'a PodMeta,
     pub port: u16,
     /// None for a TCP connection.
@@ -197,7 +226,7 @@ impl Authz {
     /// ignores them (so it refuses more), an ALLOW rule with them never matches.
     fn rule_matches(&self, rule: &Rule, r: &Request, deny: bool) -> bool {
         let principal = r.source.map(|s| s.principal(&self.domain));
-        let namespace = r.source.map(|s| s.namespace.as_str());
+        let namespace = r.source.as_ref().and_then(|s| s.namespace());
         let from_ok = rule.from.is_empty()
             || rule.from.iter().any(|f| {
                 let s = &f.source;
@@ -388,7 +417,7 @@ mod tests {
         let req = |src: &PodMeta, method, path| {
             az.decide(&Request {
                 source_ip: "10.0.0.9".parse().unwrap(),
-                source: Some(src),
+                source: Some(SourceId::Pod(src)),
                 destination: &dest,
                 port: 8080,
                 http: http(method, path, &h),
@@ -404,7 +433,7 @@ mod tests {
         // TCP: the DENY rule's HTTP fields are ignored, so it refuses the connection.
         let tcp = az.decide(&Request {
             source_ip: "10.0.0.9".parse().unwrap(),
-            source: Some(&front),
+            source: Some(SourceId::Pod(&front)),
             destination: &dest,
             port: 8080,
             http: None,
@@ -420,7 +449,7 @@ mod tests {
         let ask = |az: &Authz| {
             az.decide(&Request {
                 source_ip: "10.0.0.9".parse().unwrap(),
-                source: Some(&src),
+                source: Some(SourceId::Pod(&src)),
                 destination: &dest,
                 port: 80,
                 http: http("GET", "/", &h),

@@ -810,7 +810,7 @@ fn policy(p: Option<&TrafficPolicy>) -> Policy {
 
 /// Endpoints of a Service port, ready ones (serving terminating ones when none is ready),
 /// narrowed to the pods carrying `labels`.
-fn endpoints(
+pub(crate) fn endpoints(
     svc: &ServiceInfo,
     port_name: &str,
     protocol: crate::view::Protocol,

@@ -1,0 +1,471 @@
+//! The tunnel between node proxies: HTTP/2 CONNECT over mutual TLS 1.3 (Istio's HBONE).
+//! One TLS connection per (remote node, source identity) carries every tunneled
+//! connection between them as its own HTTP/2 stream, so after the first handshake a new
+//! connection to a remote endpoint costs one round trip, not a TLS handshake.
+//!
+//! The CONNECT request names the endpoint (`podIP:port`) and, in a `forwarded` header,
+//! the original client's address (for ipBlocks rules). `x-corral-judged: http` says the
+//! sending proxy already judged the request at L7 with AuthorizationPolicy (an HTTP
+//! port): the receiver then judges nothing more, since an L4 judgement would refuse
+//! every ALLOW rule with HTTP fields. Otherwise the receiver judges the connection with
+//! the source identity from the certificate.
+
+use super::certs;
+use super::identities::Identities;
+use super::SpiffeId;
+use crate::frontends::Frontends;
+use crate::mesh::authz::{Decision, SourceId};
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const JUDGED_HEADER: &str = "x-corral-judged";
+
+/// A connection to an endpoint: straight, or through another node's proxy.
+pub enum Upstream {
+    Direct(TcpStream),
+    Tunneled(TokioIo<Upgraded>),
+}
+
+impl Upstream {
+    pub fn is_tunneled(&self) -> bool {
+        matches!(self, Upstream::Tunneled(_))
+    }
+}
+
+impl AsyncRead for Upstream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Direct(s) => Pin::new(s).poll_read(cx, buf),
+            Upstream::Tunneled(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Upstream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Upstream::Direct(s) => Pin::new(s).poll_write(cx, buf),
+            Upstream::Tunneled(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Direct(s) => Pin::new(s).poll_flush(cx),
+            Upstream::Tunneled(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Upstream::Direct(s) => Pin::new(s).poll_shutdown(cx),
+            Upstream::Tunneled(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// This node's side of the mesh: its identities and its tunnels to other nodes.
+pub struct Mesh {
+    pub ids: Arc<Identities>,
+    pub node_name: String,
+    pool: Mutex<HashMap<(SocketAddr, SpiffeId), Sender>>,
+    /// The cluster's pods by address as last seen (where an endpoint runs), for
+    /// connectors that are not handed a configuration.
+    pods: Mutex<Arc<PodsByIp>>,
+}
+
+/// One HTTP/2 connection to another node's tunnel.
+type Sender = SendRequest<Empty<Bytes>>;
+
+type PodsByIp = HashMap<IpAddr, Arc<crate::pods::PodMeta>>;
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("node", &self.node_name)
+            .finish()
+    }
+}
+
+impl Mesh {
+    pub fn new(ids: Arc<Identities>, node_name: String) -> Mesh {
+        Mesh {
+            ids,
+            node_name,
+            pool: Mutex::default(),
+            pods: Mutex::default(),
+        }
+    }
+
+    /// Takes the pods of a new configuration.
+    pub fn set_pods(&self, pods: Arc<PodsByIp>) {
+        *self.pods.lock().unwrap() = pods;
+    }
+
+    /// The identity traffic from `client` carries, given the pods of `fe`.
+    pub fn source_for(&self, fe: &Frontends, client: IpAddr) -> SpiffeId {
+        self.source_of(fe, client)
+    }
+
+    /// The identity traffic from `client` carries: its pod's service account when it is a
+    /// pod of this node, else this node's.
+    fn source_of(&self, fe: &Frontends, client: IpAddr) -> SpiffeId {
+        match fe.pods_by_ip.get(&client) {
+            Some(p) if p.node_name.as_deref() == Some(&self.node_name) => {
+                SpiffeId::workload(self.ids.trust_domain(), &p.namespace, &p.service_account)
+            }
+            _ => self.ids.node().clone(),
+        }
+    }
+
+    /// Where a connection to `dst` goes: (node name, tunnel address) when it is a pod of
+    /// another node whose address is known, else None (dial it directly).
+    pub fn remote(&self, fe: &Frontends, dst: IpAddr) -> Option<(String, SocketAddr)> {
+        self.remote_in(&fe.pods_by_ip, dst)
+    }
+
+    fn remote_in(&self, pods: &PodsByIp, dst: IpAddr) -> Option<(String, SocketAddr)> {
+        let pod = pods.get(&dst)?;
+        let node = pod.node_name.as_deref()?;
+        if node == self.node_name {
+            return None;
+        }
+        Some((
+            node.to_string(),
+            SocketAddr::new(pod.host_ip?, super::TUNNEL_PORT),
+        ))
+    }
+
+    /// Connects to `dst` for `client`: directly when it is here, through its node's
+    /// tunnel when it is a pod of another node.
+    pub async fn dial(
+        self: &Arc<Self>,
+        fe: &Frontends,
+        client: IpAddr,
+        dst: SocketAddr,
+        judged_http: bool,
+    ) -> io::Result<Upstream> {
+        match self.remote(fe, dst.ip()) {
+            None => dial_direct(dst).await.map(Upstream::Direct),
+            Some((node, via)) => {
+                let source = self.source_of(fe, client);
+                self.tunnel(&node, via, &source, client, dst, judged_http)
+                    .await
+                    .map(Upstream::Tunneled)
+            }
+        }
+    }
+
+    async fn tunnel(
+        &self,
+        node: &str,
+        via: SocketAddr,
+        source: &SpiffeId,
+        client: IpAddr,
+        dst: SocketAddr,
+        judged_http: bool,
+    ) -> io::Result<TokioIo<Upgraded>> {
+        let mut sender = self.sender(node, via, source).await?;
+        let mut req = Request::builder()
+            .method(Method::CONNECT)
+            .uri(dst.to_string())
+            .header("forwarded", format!("for=\"{client}\""));
+        if judged_http {
+            req = req.header(JUDGED_HEADER, "http");
+        }
+        let req = req.body(Empty::new()).map_err(io::Error::other)?;
+        let res = sender.send_request(req).await.map_err(|e| {
+            // A broken connection is not reused.
+            self.pool.lock().unwrap().remove(&(via, source.clone()));
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("tunnel to {node}: {e}"),
+            )
+        })?;
+        if res.status() != StatusCode::OK {
+            let kind = match res.status() {
+                StatusCode::FORBIDDEN => io::ErrorKind::PermissionDenied,
+                _ => io::ErrorKind::ConnectionRefused,
+            };
+            let why = res
+                .headers()
+                .get("x-corral-reason")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            return Err(io::Error::new(
+                kind,
+                format!("{node} refused {dst}: {} {why}", res.status()),
+            ));
+        }
+        let up = hyper::upgrade::on(res).await.map_err(io::Error::other)?;
+        Ok(TokioIo::new(up))
+    }
+
+    /// The HTTP/2 connection to `node` that speaks for `source`, made when there is none.
+    async fn sender(
+        &self,
+        node: &str,
+        via: SocketAddr,
+        source: &SpiffeId,
+    ) -> io::Result<Sender> {
+        let key = (via, source.clone());
+        if let Some(s) = self.pool.lock().unwrap().get(&key) {
+            if !s.is_closed() {
+                return Ok(s.clone());
+            }
+        }
+        let cfg = self
+            .ids
+            .client_config(source)
+            .await
+            .map_err(io::Error::other)?;
+        let name = certs::node_server_name(node).map_err(io::Error::other)?;
+        let tcp = dial_direct(via).await?;
+        let tls = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            tokio_rustls::TlsConnector::from(cfg).connect(name, tcp),
+        )
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "tunnel handshake timed out"))??;
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .map_err(io::Error::other)?;
+        let node = node.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%node, error = %e, "tunnel connection ended");
+            }
+        });
+        self.pool.lock().unwrap().insert(key, sender.clone());
+        Ok(sender)
+    }
+}
+
+/// An HTTP client connector that reaches endpoints of other nodes through their tunnels,
+/// speaking for one source identity (so pooled connections never mix identities).
+#[derive(Clone)]
+pub struct TunnelConnector {
+    pub mesh: Arc<Mesh>,
+    pub source: SpiffeId,
+}
+
+impl tower::Service<http::Uri> for TunnelConnector {
+    type Response = TokioIo<Upstream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn std::future::Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let dst: SocketAddr = uri
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .ok_or_else(|| io::Error::other(format!("{uri}: not ip:port")))?;
+            let remote = {
+                let pods = this.mesh.pods.lock().unwrap().clone();
+                this.mesh.remote_in(&pods, dst.ip())
+            };
+            let up = match remote {
+                // The pod moved here (or went) since the request was routed.
+                None => Upstream::Direct(dial_direct(dst).await?),
+                Some((node, via)) => Upstream::Tunneled(
+                    this.mesh
+                        .tunnel(
+                            &node,
+                            via,
+                            &this.source,
+                            IpAddr::from([0, 0, 0, 0]),
+                            dst,
+                            true,
+                        )
+                        .await?,
+                ),
+            };
+            Ok(TokioIo::new(up))
+        })
+    }
+}
+
+impl hyper_util::client::legacy::connect::Connection for Upstream {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
+    }
+}
+
+pub async fn dial_direct(dst: SocketAddr) -> io::Result<TcpStream> {
+    let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(dst))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect to {dst} timed out"),
+            )
+        })??;
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+/// Accepts tunnels from other nodes' proxies until the task is aborted.
+pub async fn serve(listener: TcpListener, mesh: Arc<Mesh>, table: watch::Receiver<Arc<Frontends>>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "tunnel accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let mesh = mesh.clone();
+        let table = table.clone();
+        tokio::spawn(async move {
+            if let Err(e) = inbound(tcp, mesh, table).await {
+                tracing::debug!(%peer, error = %e, "tunnel connection refused");
+            }
+        });
+    }
+}
+
+async fn inbound(
+    tcp: TcpStream,
+    mesh: Arc<Mesh>,
+    table: watch::Receiver<Arc<Frontends>>,
+) -> Result<(), String> {
+    let _ = tcp.set_nodelay(true);
+    let cfg = mesh.ids.server_config().await?;
+    let tls = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio_rustls::TlsAcceptor::from(cfg).accept(tcp),
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_string())?
+    .map_err(|e| format!("handshake: {e}"))?;
+    // The verifier has checked the chain; the identity is the certificate's SPIFFE URI.
+    let source = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(certs::peer_identity)
+        .filter(|id| id.trust_domain() == mesh.ids.trust_domain())
+        .ok_or("the client certificate names no identity of this mesh")?;
+    let source = Arc::new(source);
+    let svc = hyper::service::service_fn(move |req| {
+        let (mesh, table, source) = (mesh.clone(), table.clone(), source.clone());
+        async move {
+            let fe = table.borrow().clone();
+            Ok::<_, std::convert::Infallible>(open(req, &mesh, &fe, &source).await)
+        }
+    });
+    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tls), svc)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn reply(code: StatusCode, reason: &str) -> Response<Empty<Bytes>> {
+    let mut r = Response::new(Empty::new());
+    *r.status_mut() = code;
+    if let Ok(v) = reason.parse() {
+        r.headers_mut().insert("x-corral-reason", v);
+    }
+    r
+}
+
+/// One tunneled connection: checks, then connects to the local pod and splices.
+async fn open(
+    mut req: Request<Incoming>,
+    mesh: &Mesh,
+    fe: &Frontends,
+    source: &SpiffeId,
+) -> Response<Empty<Bytes>> {
+    if req.method() != Method::CONNECT {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "only CONNECT");
+    }
+    let Some(dst) = req
+        .uri()
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+    else {
+        return reply(StatusCode::BAD_REQUEST, "CONNECT needs ip:port");
+    };
+    // Only this node's pods are reached through its tunnel: it is no open relay.
+    let local = fe
+        .pods_by_ip
+        .get(&dst.ip())
+        .is_some_and(|p| p.node_name.as_deref() == Some(&mesh.node_name) && !p.finished);
+    if !local {
+        return reply(StatusCode::NOT_FOUND, "no_such_pod_on_this_node");
+    }
+    let client = req
+        .headers()
+        .get("forwarded")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("for=\"")?.strip_suffix('"')?.parse().ok())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let judged = req
+        .headers()
+        .get(JUDGED_HEADER)
+        .is_some_and(|v| v == "http");
+    if !judged {
+        if let Decision::Deny(why) = fe.authorize_from(
+            Some(SourceId::Verified(source)),
+            client,
+            dst.ip(),
+            dst.port(),
+            None,
+        ) {
+            tracing::debug!(%source, %dst, policy = %why, "tunneled connection denied");
+            return reply(StatusCode::FORBIDDEN, "rbac_access_denied");
+        }
+    }
+    let upstream = match dial_direct(dst).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%dst, error = %e, "tunneled endpoint refused");
+            return reply(StatusCode::SERVICE_UNAVAILABLE, "upstream_connect_failure");
+        }
+    };
+    tokio::spawn(async move {
+        match hyper::upgrade::on(&mut req).await {
+            Ok(up) => {
+                let mut up = TokioIo::new(up);
+                let mut upstream = upstream;
+                let _ = tokio::io::copy_bidirectional(&mut up, &mut upstream).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "tunnel stream not opened"),
+        }
+    });
+    Response::new(Empty::new())
+}
