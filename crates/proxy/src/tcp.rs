@@ -90,13 +90,16 @@ async fn proxy(
     };
     fe.used(peer.ip(), backend);
     stats.opened();
-    let labels = Labels::new(
+    let mut labels = Labels::new(
         t.frontends.workloads.get(&peer.ip()).map(|w| &**w),
         t.frontends.workloads.get(&backend.ip()).map(|w| &**w),
         &fe.service,
         &t.frontends.domain,
         "tcp",
     );
+    if upstream.is_tunneled() {
+        labels.connection_security_policy = "mutual_tls";
+    }
     t.telemetry.tcp_opened.get_or_create(&labels).inc();
     let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     let (up, down) = copied.unwrap_or((0, 0));
