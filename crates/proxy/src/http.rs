@@ -648,7 +648,10 @@ fn mirror_request(
         return;
     };
     let to = cluster.endpoints[i].addr;
-    if !frontends.netpol.allows(peer, to.ip(), to.port(), Protocol::Tcp) {
+    if !frontends
+        .netpol
+        .allows(peer, to.ip(), to.port(), Protocol::Tcp)
+    {
         // NetworkPolicy: the copy goes nowhere the client may not go.
         return;
     }

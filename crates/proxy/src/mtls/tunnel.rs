@@ -93,6 +93,8 @@ impl AsyncWrite for Upstream {
 pub struct Mesh {
     pub ids: Arc<Identities>,
     pub node_name: String,
+    /// The port other nodes' tunnels listen on (always [`super::TUNNEL_PORT`] but in tests).
+    tunnel_port: u16,
     pool: Mutex<HashMap<(SocketAddr, SpiffeId), Sender>>,
     /// The cluster's pods by address as last seen (where an endpoint runs), for
     /// connectors that are not handed a configuration.
@@ -117,6 +119,7 @@ impl Mesh {
         Mesh {
             ids,
             node_name,
+            tunnel_port: super::TUNNEL_PORT,
             pool: Mutex::default(),
             pods: Mutex::default(),
         }
@@ -157,7 +160,7 @@ impl Mesh {
         }
         Some((
             node.to_string(),
-            SocketAddr::new(pod.host_ip?, super::TUNNEL_PORT),
+            SocketAddr::new(pod.host_ip?, self.tunnel_port),
         ))
     }
 
@@ -228,12 +231,7 @@ impl Mesh {
     }
 
     /// The HTTP/2 connection to `node` that speaks for `source`, made when there is none.
-    async fn sender(
-        &self,
-        node: &str,
-        via: SocketAddr,
-        source: &SpiffeId,
-    ) -> io::Result<Sender> {
+    async fn sender(&self, node: &str, via: SocketAddr, source: &SpiffeId) -> io::Result<Sender> {
         let key = (via, source.clone());
         if let Some(s) = self.pool.lock().unwrap().get(&key) {
             if !s.is_closed() {
@@ -468,4 +466,164 @@ async fn open(
         }
     });
     Response::new(Empty::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mtls::identities::Issuer;
+    use crate::pods::PodMeta;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn ca() -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::default();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = p.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn mesh(ca: &(String, String), node: &str, port: u16) -> Arc<Mesh> {
+        let issuer = Issuer::SignWith {
+            ca_key_pem: ca.1.clone(),
+        };
+        let ids = Identities::new(ca.0.clone(), issuer, "cluster.local", node);
+        let mut m = Mesh::new(Arc::new(ids), node.into());
+        m.tunnel_port = port;
+        Arc::new(m)
+    }
+
+    fn pod(ip: &str, node: &str, sa: &str) -> (IpAddr, Arc<PodMeta>) {
+        let ip: IpAddr = ip.parse().unwrap();
+        let meta = PodMeta {
+            namespace: "shop".into(),
+            name: format!("pod-{ip}"),
+            service_account: sa.into(),
+            node_name: Some(node.into()),
+            host_ip: Some("127.0.0.1".parse().unwrap()),
+            ips: vec![ip],
+            ..Default::default()
+        };
+        (ip, Arc::new(meta))
+    }
+
+    fn frontends(pods: &[(IpAddr, Arc<PodMeta>)], allow_only: Option<&str>) -> Arc<Frontends> {
+        let mut fe = Frontends {
+            pods_by_ip: Arc::new(pods.iter().cloned().collect()),
+            ..Default::default()
+        };
+        if let Some(principal) = allow_only {
+            let policy = Arc::new(crate::mesh::authz::AuthorizationPolicy {
+                namespace: "shop".into(),
+                name: "only".into(),
+                created: String::new(),
+                spec: serde_json::from_value(serde_json::json!(
+                    {"rules": [{"from": [{"source": {"principals": [principal]}}]}]}
+                ))
+                .unwrap(),
+            });
+            fe.authz = Arc::new(crate::mesh::authz::Authz::new(&[policy], "cluster.local"));
+        }
+        Arc::new(fe)
+    }
+
+    /// An echo server standing in for a pod of node B.
+    async fn echo(ip: &str) -> SocketAddr {
+        let l = TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_carries_the_source_identity_and_reaches_only_its_own_pods() {
+        let ca = ca();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (a, b) = (mesh(&ca, "node-a", port), mesh(&ca, "node-b", port));
+        let web = echo("127.0.0.2").await;
+        let client = pod("127.0.0.3", "node-a", "client");
+        let server_pod = pod("127.0.0.2", "node-b", "web");
+        let ghost = pod("127.0.0.4", "node-b", "web");
+        let view_a = frontends(&[client.clone(), server_pod.clone(), ghost.clone()], None);
+        let (tx, rx) = watch::channel(frontends(&[client.clone(), server_pod.clone()], None));
+        tokio::spawn(serve(listener, b.clone(), rx));
+
+        // Through the tunnel, and the bytes come back.
+        let mut up = a.dial(&view_a, client.0, web, false).await.unwrap();
+        assert!(up.is_tunneled());
+        up.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        up.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+
+        // A pod node B does not run: refused, the tunnel is no open relay.
+        let e = a
+            .dial(
+                &view_a,
+                client.0,
+                SocketAddr::new(ghost.0, web.port()),
+                false,
+            )
+            .await
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("no_such_pod_on_this_node"), "{e}");
+
+        // B judges with the identity in A's certificate: the client's account is allowed
+        // only when the policy names it.
+        tx.send_replace(frontends(
+            &[client.clone(), server_pod.clone()],
+            Some("cluster.local/ns/shop/sa/someone-else"),
+        ));
+        let e = a.dial(&view_a, client.0, web, false).await.err().unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+        tx.send_replace(frontends(
+            &[client.clone(), server_pod.clone()],
+            Some("cluster.local/ns/shop/sa/client"),
+        ));
+        assert!(a.dial(&view_a, client.0, web, false).await.is_ok());
+        // Not from a pod: the node's identity, which that policy does not name.
+        let e = a
+            .dial(&view_a, "127.0.0.9".parse().unwrap(), web, false)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+        // A request the sending proxy judged at L7 is not judged again at L4.
+        assert!(a
+            .dial(&view_a, "127.0.0.9".parse().unwrap(), web, true)
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_client_of_another_ca_or_none_is_refused_at_the_handshake() {
+        let ca = ca();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let b = mesh(&ca, "node-b", port);
+        let web = echo("127.0.0.2").await;
+        let server_pod = pod("127.0.0.2", "node-b", "web");
+        let (_tx, rx) = watch::channel(frontends(&[server_pod.clone()], None));
+        tokio::spawn(serve(listener, b, rx));
+        // Same node names, another CA: node B's certificate is not trusted, nor the client's.
+        let other = mesh(&ca(), "node-a", port);
+        let view = frontends(&[server_pod], None);
+        assert!(other
+            .dial(&view, "127.0.0.9".parse().unwrap(), web, false)
+            .await
+            .is_err());
+    }
 }
