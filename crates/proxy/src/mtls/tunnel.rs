@@ -610,13 +610,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_of_another_ca_or_none_is_refused_at_the_handshake() {
-        let ca = ca();
+        let ca_b = ca();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let b = mesh(&ca, "node-b", port);
+        let b = mesh(&ca_b, "node-b", port);
         let web = echo("127.0.0.2").await;
         let server_pod = pod("127.0.0.2", "node-b", "web");
-        let (_tx, rx) = watch::channel(frontends(&[server_pod.clone()], None));
+        let (_tx, rx) = watch::channel(frontends(std::slice::from_ref(&server_pod), None));
         tokio::spawn(serve(listener, b, rx));
         // Same node names, another CA: node B's certificate is not trusted, nor the client's.
         let other = mesh(&ca(), "node-a", port);
