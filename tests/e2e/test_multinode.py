@@ -211,6 +211,27 @@ def node_ready(kc, name):
     return conds.get("Ready")
 
 
+def post_to_server(cluster, path, body, token):
+    """POSTs `body` to the server's `path` as a node would (TLS not verified: these tests
+    look at the answers), with `token` as bearer when given; returns (status, text)."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    req = urllib.request.Request(f"https://{cluster.netns.host_ip}:{cluster.server.port}{path}", data=body,
+                                 method="POST")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
 def test_bad_tokens_are_refused(cluster):
     a = cluster.agent
     good_hash = a.token.split("::")[0]
@@ -352,14 +373,6 @@ def test_the_mesh_certificate_endpoint_refuses_what_a_node_may_not_have(cluster,
     """POST /corral/v1/mesh-certificate with a join token: an identity of a service
     account no pod runs as, or of another trust domain, is refused (403); a body that is
     not a certificate request gets 400."""
-    import ssl
-    import urllib.error
-    import urllib.request
-
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    url = f"https://{cluster.netns.host_ip}:{cluster.server.port}/corral/v1/mesh-certificate"
     bearer = cluster.agent.token.split("::", 1)[1]
 
     def csr(uri):
@@ -370,14 +383,7 @@ def test_the_mesh_certificate_endpoint_refuses_what_a_node_may_not_have(cluster,
         return out.read_bytes()
 
     def post(body, token=bearer):
-        req = urllib.request.Request(url, data=body, method="POST")
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
+        return post_to_server(cluster, "/corral/v1/mesh-certificate", body, token)
 
     if not shutil.which("openssl"):
         pytest.skip("openssl makes the certificate requests (scripts/test.sh installs it)")
@@ -481,25 +487,10 @@ def test_node_failure_reschedules_and_the_agent_comes_back(cluster):
 def test_the_serving_certificate_endpoint_refuses_bad_requests(cluster):
     """POST /corral/v1/node-serving-certificate: no credentials -> 401, a request that is
     not a PEM certificate request -> 400 with the reason, nothing signed."""
-    import ssl
-    import urllib.error
-    import urllib.request
-
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    url = f"https://{cluster.netns.host_ip}:{cluster.server.port}/corral/v1/node-serving-certificate"
     bearer = cluster.agent.token.split("::", 1)[1]
 
     def post(body, token=None):
-        req = urllib.request.Request(url, data=body, method="POST")
-        if token:
-            req.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
+        return post_to_server(cluster, "/corral/v1/node-serving-certificate", body, token)
 
     code, body = post(b"-----BEGIN CERTIFICATE REQUEST-----\n")
     assert code == 401, body

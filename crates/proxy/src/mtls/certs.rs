@@ -202,7 +202,7 @@ pub fn peer_identity(cert: &CertificateDer<'_>) -> Option<SpiffeId> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn test_ca() -> (String, String) {

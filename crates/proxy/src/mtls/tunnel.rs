@@ -475,13 +475,7 @@ mod tests {
     use crate::pods::PodMeta;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    fn ca() -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut p = rcgen::CertificateParams::default();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let cert = p.self_signed(&key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
+    use crate::mtls::certs::tests::test_ca as ca;
 
     fn mesh(ca: &(String, String), node: &str, port: u16) -> Arc<Mesh> {
         let issuer = Issuer::SignWith {
