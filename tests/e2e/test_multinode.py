@@ -145,6 +145,7 @@ class Cluster:
         self.netns = Netns(self.n)
         self.server_node = f"corral-main-{uuid.uuid4().hex[:6]}"
         self.bridge = f"corral-t{self.n}"
+        self.metrics_port = free_port()
         self.server = Server(
             host=self.netns.host_ip,
             extra_args=[
@@ -153,7 +154,7 @@ class Cluster:
                 "--pod-cidr", f"10.244.{self.n}.0/24",
                 "--node-ip", self.netns.host_ip,
                 "--kubelet-port", str(free_port()),
-                "--proxy-metrics-port", str(free_port()),
+                "--proxy-metrics-port", str(self.metrics_port),
                 "--cluster-dns-upstream", f"127.0.0.1:{free_port()}",
                 "--ingress-http-port", "0", "--ingress-https-port", "0",
                 "--node-monitor-grace-period", f"{GRACE}s",
@@ -342,6 +343,13 @@ def test_a_service_spans_the_nodes_through_the_mutual_tls_tunnel(cluster):
     logs = cluster.server.logs()
     assert f"spiffe://cluster.local/ns/{ns}/sa/default" in logs, "the client's workload identity was not issued"
     assert f"spiffe://cluster.local/node/{a.node_name}" in logs, "the joined node's proxy got no certificate"
+    import urllib.request
+    with urllib.request.urlopen(f"http://{cluster.netns.host_ip}:{cluster.metrics_port}/stats/prometheus",
+                                timeout=10) as r:
+        metrics = r.read().decode()
+    for family in ("istio_requests_total", "istio_tcp_connections_opened_total"):
+        assert any(line.startswith(family) and 'connection_security_policy="mutual_tls"' in line
+                   and 'destination_service_name="far"' in line for line in metrics.splitlines()), family
 
     # The tunnel port takes TLS with a certificate of the cluster CA, nothing else.
     tunnel = (cluster.netns.ns_ip, 15008)

@@ -16,7 +16,7 @@ use crate::mesh::routing::{
 use crate::mtls::tunnel::TunnelConnector;
 use crate::mtls::SpiffeId;
 use crate::stats::Stats;
-use crate::telemetry::{RequestContext, ServedBy, Telemetry};
+use crate::telemetry::{RequestContext, ServedBy, Telemetry, Tunneled};
 use crate::view::Protocol;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -496,6 +496,12 @@ impl Attempt<'_> {
                 Ok(Ok(mut resp)) => {
                     resp.extensions_mut()
                         .insert(ServedBy(addr.ip(), c.key.service.clone()));
+                    let frontends = self.frontends;
+                    if let Some(m) = &frontends.mesh {
+                        if m.remote(frontends, addr.ip()).is_some() {
+                            resp.extensions_mut().insert(Tunneled);
+                        }
+                    }
                     let status = resp.status().as_u16();
                     self.judge(
                         addr,

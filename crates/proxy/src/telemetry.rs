@@ -32,6 +32,11 @@ pub type Workloads = HashMap<IpAddr, Arc<Workload>>;
 #[derive(Clone, Debug)]
 pub struct ServedBy(pub IpAddr, pub ServiceKey);
 
+/// A response extension: the endpoint was reached through another node's mutual-TLS
+/// tunnel (`connection_security_policy="mutual_tls"`).
+#[derive(Clone, Copy, Debug)]
+pub struct Tunneled;
+
 /// Who asked whom, for one request's labels.
 pub struct RequestContext<'a> {
     pub workloads: &'a Workloads,
@@ -203,6 +208,9 @@ impl Telemetry {
             ctx.protocol,
         );
         l.response_code = resp.status().as_u16().to_string();
+        if resp.extensions().get::<Tunneled>().is_some() {
+            l.connection_security_policy = "mutual_tls";
+        }
         l.response_flags = resp
             .headers()
             .get(crate::http::REASON_HEADER)
