@@ -388,3 +388,17 @@ class Node:
                 if mp.startswith(self.data_dir):
                     subprocess.run(["umount", "-l", mp], capture_output=True)
             self.server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def node(request, images):
+    """One Node for the test module, with the module's NODE_ARGS (extra server flags)."""
+    n = Node(images, extra_args=getattr(request.module, "NODE_ARGS", ()))
+    yield n
+    n.cleanup()
+
+
+@pytest.fixture
+def kc(node):
+    """kubectl for the module's Node."""
+    return node.kubectl

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import Node, _py_config, wait_for
+from conftest import _py_config, wait_for
 
 
 pytestmark = pytest.mark.skipif(
@@ -21,18 +21,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 MANAGED_BY = "endpointslice-controller.k8s.io"
-
-
-@pytest.fixture(scope="module")
-def node(images):
-    n = Node(images)
-    yield n
-    n.cleanup()
-
-
-@pytest.fixture
-def kc(node):
-    return node.kubectl
 
 
 @pytest.fixture

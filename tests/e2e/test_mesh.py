@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from conftest import Node, wait_for
+from conftest import wait_for
 from svc_helpers import apply, cluster_ip, deployment, http_get, service, wait_ready_endpoints
 
 pytestmark = pytest.mark.skipif(
@@ -36,16 +36,8 @@ SCRIPTS = {
 HTTPD = ["sh", "-c", "mkdir -p /w && hostname > /w/index.html && exec httpd -f -p 8080 -h /w"]
 
 
-@pytest.fixture(scope="module")
-def node(images):
-    n = Node(images, extra_args=["--node-ip", "127.0.0.1"])
-    yield n
-    n.cleanup()
-
-
-@pytest.fixture
-def kc(node):
-    return node.kubectl
+# The node's address is loopback: NodePorts and LoadBalancer ports are reached there.
+NODE_ARGS = ["--node-ip", "127.0.0.1"]
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import urllib.request
 
 import pytest
 
-from conftest import Node, wait_for
+from conftest import wait_for
 from svc_helpers import WHOAMI, apply, cluster_ip, deployment, service, wait_ready_endpoints
 
 pytestmark = [
@@ -33,16 +33,8 @@ pytestmark = [
 BLOCKED = "blocked"
 
 
-@pytest.fixture(scope="module")
-def node(images):
-    n = Node(images, extra_args=["--node-ip", "127.0.0.1"])
-    yield n
-    n.cleanup()
-
-
-@pytest.fixture
-def kc(node):
-    return node.kubectl
+# The node's address is loopback: NodePorts and LoadBalancer ports are reached there.
+NODE_ARGS = ["--node-ip", "127.0.0.1"]
 
 
 # ---- what is attached to a pod's veth ----

@@ -18,23 +18,11 @@ import urllib.request
 
 import pytest
 
-from conftest import Node, free_port, wait_for, Kubectl, Server, _py_config, corral_binary
+from conftest import free_port, wait_for, Kubectl, Server, _py_config, corral_binary
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="the node agent needs root for namespaces, cgroups and bridges"
 )
-
-
-@pytest.fixture(scope="module")
-def node(images):
-    n = Node(images)
-    yield n
-    n.cleanup()
-
-
-@pytest.fixture
-def kc(node):
-    return node.kubectl
 
 
 @pytest.fixture

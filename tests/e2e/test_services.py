@@ -67,8 +67,6 @@ class FakeUpstream:
 
 
 @pytest.fixture(scope="module")
-
-
 def upstream():
     u = FakeUpstream()
     yield u
@@ -76,8 +74,6 @@ def upstream():
 
 
 @pytest.fixture(scope="module")
-
-
 def node(images, upstream):
     n = Node(images, extra_args=["--node-ip", "127.0.0.1",
                                  "--cluster-dns-upstream", f"127.0.0.1:{upstream.port}"])
@@ -86,15 +82,6 @@ def node(images, upstream):
 
 
 @pytest.fixture
-
-
-def kc(node):
-    return node.kubectl
-
-
-@pytest.fixture
-
-
 def sns(node):
     with node.namespace("s-") as name:
         yield name
