@@ -95,7 +95,13 @@ pub struct Mesh {
     pub node_name: String,
     /// The port other nodes' tunnels listen on (always [`super::TUNNEL_PORT`] but in tests).
     tunnel_port: u16,
-    pool: Mutex<HashMap<(SocketAddr, SpiffeId), Sender>>,
+    /// Up to `conns_per_peer` connections per (node, identity), used in turn: one TLS
+    /// connection is one task encrypting on one core, so a busy pair gets one per core.
+    pool: Mutex<HashMap<(SocketAddr, SpiffeId), Vec<Sender>>>,
+    conns_per_peer: usize,
+    turn: std::sync::atomic::AtomicUsize,
+    /// Held while dialling, so a burst of first requests makes one connection, not many.
+    dialling: tokio::sync::Mutex<()>,
     /// The cluster's pods by address as last seen (where an endpoint runs), for
     /// connectors that are not handed a configuration.
     pods: Mutex<Arc<PodsByIp>>,
@@ -121,6 +127,9 @@ impl Mesh {
             node_name,
             tunnel_port: super::TUNNEL_PORT,
             pool: Mutex::default(),
+            conns_per_peer: std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            turn: Default::default(),
+            dialling: Default::default(),
             pods: Mutex::default(),
         }
     }
@@ -204,7 +213,9 @@ impl Mesh {
         let req = req.body(Empty::new()).map_err(io::Error::other)?;
         let res = sender.send_request(req).await.map_err(|e| {
             // A broken connection is not reused.
-            self.pool.lock().unwrap().remove(&(via, source.clone()));
+            if let Some(v) = self.pool.lock().unwrap().get_mut(&(via, source.clone())) {
+                v.retain(|s| !s.is_closed());
+            }
             io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 format!("tunnel to {node}: {e}"),
@@ -230,13 +241,34 @@ impl Mesh {
         Ok(TokioIo::new(up))
     }
 
-    /// The HTTP/2 connection to `node` that speaks for `source`, made when there is none.
+    /// An HTTP/2 connection to `node` that speaks for `source`: the next of those open,
+    /// or a new one while there are fewer than `conns_per_peer`.
     async fn sender(&self, node: &str, via: SocketAddr, source: &SpiffeId) -> io::Result<Sender> {
         let key = (via, source.clone());
-        if let Some(s) = self.pool.lock().unwrap().get(&key) {
-            if !s.is_closed() {
-                return Ok(s.clone());
+        // Wait for a dial under way only when nothing is open yet.
+        let open = |want: usize| {
+            let mut pool = self.pool.lock().unwrap();
+            let v = pool.get_mut(&key)?;
+            v.retain(|s| !s.is_closed());
+            (v.len() >= want).then(|| {
+                let i = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                v[i % v.len()].clone()
+            })
+        };
+        if let Some(s) = open(self.conns_per_peer) {
+            return Ok(s);
+        }
+        let _dialling = match self.dialling.try_lock() {
+            Ok(g) => g,
+            Err(_) => {
+                if let Some(s) = open(1) {
+                    return Ok(s);
+                }
+                self.dialling.lock().await
             }
+        };
+        if let Some(s) = open(self.conns_per_peer) {
+            return Ok(s);
         }
         let cfg = self
             .ids
@@ -261,7 +293,12 @@ impl Mesh {
                 tracing::debug!(%node, error = %e, "tunnel connection ended");
             }
         });
-        self.pool.lock().unwrap().insert(key, sender.clone());
+        self.pool
+            .lock()
+            .unwrap()
+            .entry(key)
+            .or_default()
+            .push(sender.clone());
         Ok(sender)
     }
 }
