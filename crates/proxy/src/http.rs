@@ -16,10 +16,12 @@ use crate::mesh::routing::{
 use crate::mtls::tunnel::TunnelConnector;
 use crate::mtls::SpiffeId;
 use crate::stats::Stats;
-use crate::telemetry::{RequestContext, ServedBy, Telemetry, Tunneled};
+use crate::telemetry::{RecentMetrics, RequestContext, ServedBy, Telemetry, Tunneled};
+use crate::upstream::{self, Affine};
 use crate::view::Protocol;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -112,6 +114,9 @@ impl Default for Upstreams {
     }
 }
 
+/// A connection's recent metrics and the configuration whose workloads labelled them.
+type RecentHttp = (Option<Arc<Frontends>>, RecentMetrics);
+
 /// Serves HTTP/1.1 and HTTP/2 (prior knowledge) on `listener` until aborted.
 pub async fn serve(
     listener: TcpListener,
@@ -137,6 +142,8 @@ pub async fn serve(
         let tls = tls.clone();
         tokio::spawn(async move {
             let scheme = if tls.is_some() { "https" } else { "http" };
+            let affine = Arc::new(Affine::default());
+            let recent = Arc::new(std::sync::Mutex::new(RecentHttp::default()));
             let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 req.headers_mut().insert(
                     HeaderName::from_static("x-forwarded-proto"),
@@ -146,9 +153,21 @@ pub async fn serve(
                 let fe = frontends.by_listen.get(&listen).cloned();
                 let (upstreams, stats) = (upstreams.clone(), stats.clone());
                 let telemetry = telemetry.clone();
+                // An HTTP/2 client's requests run at once: they share the node's pool.
+                let affine = (req.version() <= http::Version::HTTP_11).then(|| affine.clone());
+                let recent = recent.clone();
                 async move {
                     let started = std::time::Instant::now();
-                    let resp = handle(req, fe.clone(), &frontends, peer, &upstreams, &stats).await;
+                    let resp = handle(
+                        req,
+                        fe.clone(),
+                        &frontends,
+                        peer,
+                        &upstreams,
+                        affine.as_deref(),
+                        &stats,
+                    )
+                    .await;
                     if let Some(fe) = &fe {
                         let ctx = RequestContext {
                             workloads: &frontends.workloads,
@@ -157,7 +176,17 @@ pub async fn serve(
                             domain: &frontends.domain,
                             protocol: "http",
                         };
-                        telemetry.record_http(&ctx, &resp, started.elapsed());
+                        let mut recent = recent.lock().unwrap_or_else(|e| e.into_inner());
+                        // Labels name workloads: a new configuration starts afresh.
+                        if !recent
+                            .0
+                            .as_ref()
+                            .is_some_and(|f| Arc::ptr_eq(f, &frontends))
+                        {
+                            recent.1.clear();
+                            recent.0 = Some(frontends.clone());
+                        }
+                        telemetry.record_http(&ctx, &resp, started.elapsed(), &mut recent.1);
                     }
                     Ok::<_, Infallible>(resp)
                 }
@@ -191,6 +220,7 @@ async fn handle(
     frontends: &Frontends,
     peer: SocketAddr,
     upstreams: &Upstreams,
+    affine: Option<&Affine>,
     stats: &Stats,
 ) -> Response<Body> {
     let Some(fe) = fe else {
@@ -257,8 +287,12 @@ async fn handle(
         .filter(|_| req.version() == http::Version::HTTP_11);
     let mut client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let path = rewritten_path(&parts.uri, route.rewrite.as_ref(), matched.as_ref());
-    let mut headers = forwarded_headers(&parts.headers, &parts.uri, peer);
+    let Some(path) = rewritten_path(&parts.uri, route.rewrite.as_ref(), matched.as_ref()) else {
+        return local_reply(StatusCode::BAD_REQUEST, "bad_request", "bad request path");
+    };
+    let content_length = parts.headers.get(header::CONTENT_LENGTH).cloned();
+    let mut headers = parts.headers;
+    forwarded_headers(&mut headers, &parts.uri, peer);
     if let Some(a) = route.rewrite.as_ref().and_then(|r| r.authority.as_deref()) {
         if let Ok(v) = HeaderValue::from_str(a) {
             headers.insert(header::HOST, v);
@@ -278,7 +312,7 @@ async fn handle(
     );
     // A small body is kept so the request can be sent again (retries, mirroring); a
     // large or unsized one is streamed once.
-    let body = match Buffered::take(body, &parts.headers).await {
+    let body = match Buffered::take(body, content_length.as_ref()).await {
         Ok(b) => b,
         Err(_) => return local_reply(StatusCode::BAD_REQUEST, "downstream_reset", "request body"),
     };
@@ -288,7 +322,7 @@ async fn handle(
                 upstreams,
                 mirror.clone(),
                 &parts.method,
-                &path,
+                path.as_str(),
                 &headers,
                 bytes,
                 (frontends, peer.ip()),
@@ -298,6 +332,7 @@ async fn handle(
     let hash = hash_input(&cluster, &headers, parts.uri.query(), peer);
     let attempt = Attempt {
         upstreams,
+        affine,
         frontends,
         peer,
         port: fe.service_port,
@@ -359,12 +394,14 @@ enum Buffered {
 const RETRY_BUFFER: u64 = 64 * 1024;
 
 impl Buffered {
-    async fn take(body: Incoming, headers: &HeaderMap) -> Result<Buffered, hyper::Error> {
+    async fn take(
+        body: Incoming,
+        content_length: Option<&HeaderValue>,
+    ) -> Result<Buffered, hyper::Error> {
         if hyper::body::Body::is_end_stream(&body) {
             return Ok(Buffered::Empty);
         }
-        let len = headers
-            .get(header::CONTENT_LENGTH)
+        let len = content_length
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         match len {
@@ -394,12 +431,14 @@ impl Buffered {
 /// One request's attempts at a cluster.
 struct Attempt<'a> {
     upstreams: &'a Upstreams,
+    /// The client connection's own upstream connections (HTTP/1.1 clients).
+    affine: Option<&'a Affine>,
     frontends: &'a Frontends,
     peer: SocketAddr,
     port: u16,
-    cluster: &'a Cluster,
+    cluster: &'a Arc<Cluster>,
     method: &'a http::Method,
-    path: &'a str,
+    path: &'a PathAndQuery,
     headers: &'a HeaderMap,
     retry: &'a RetryPolicy,
     hash: Option<u64>,
@@ -436,7 +475,7 @@ impl Attempt<'_> {
                 .unwrap_or("");
             let parts = HttpParts {
                 method: self.method.as_str(),
-                path: self.path.split('?').next().unwrap_or("/"),
+                path: self.path.path(),
                 host,
                 headers: self.headers,
             };
@@ -463,17 +502,44 @@ impl Attempt<'_> {
             let Some(attempt_body) = body.for_attempt() else {
                 return Err(last);
             };
-            let Ok(uri) = Uri::try_from(format!("http://{addr}{}", self.path)) else {
-                return Err(local_reply(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "bad request path",
-                ));
+            // Another node's pod is reached through its node's tunnel, in the node's pool.
+            let remote = self
+                .frontends
+                .mesh
+                .as_ref()
+                .is_some_and(|m| m.remote(self.frontends, addr.ip()).is_some());
+            // The node's pool takes an absolute URI; a connection of our own, the path.
+            let own = self
+                .affine
+                .filter(|_| c.app != AppProtocol::Http2 && !remote);
+            let uri = match own {
+                Some(_) => Uri::from(self.path.clone()),
+                _ => match Uri::builder()
+                    .scheme("http")
+                    .authority(addr.to_string())
+                    .path_and_query(self.path.clone())
+                    .build()
+                {
+                    Ok(u) => u,
+                    Err(_) => {
+                        return Err(local_reply(
+                            StatusCode::BAD_REQUEST,
+                            "bad_request",
+                            "bad request path",
+                        ))
+                    }
+                },
             };
             let mut up = Request::new(attempt_body);
             *up.method_mut() = self.method.clone();
             *up.uri_mut() = uri;
             *up.headers_mut() = self.headers.clone();
+            if own.is_some() && !self.headers.contains_key(header::HOST) {
+                // What the pooled client would have set from the URI.
+                if let Ok(v) = HeaderValue::from_str(&addr.to_string()) {
+                    up.headers_mut().insert(header::HOST, v);
+                }
+            }
             if n > 0 {
                 up.headers_mut().insert(
                     HeaderName::from_static("x-envoy-attempt-count"),
@@ -482,9 +548,16 @@ impl Attempt<'_> {
             }
             c.started(i);
             c.in_flight.fetch_add(1, Ordering::Relaxed);
-            let sent = self
-                .upstreams
-                .send(c.app, self.frontends, self.peer.ip(), addr, up);
+            let sent = async {
+                match own {
+                    Some(affine) => affine.send(addr, up).await,
+                    None => self
+                        .upstreams
+                        .send(c.app, self.frontends, self.peer.ip(), addr, up)
+                        .await
+                        .map_err(upstream::Error::Pool),
+                }
+            };
             let result = match self.retry.per_try_timeout {
                 Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
                 None => Ok(sent.await),
@@ -494,13 +567,9 @@ impl Attempt<'_> {
             let more = n < self.retry.attempts && !matches!(body, Buffered::Stream(None));
             match result {
                 Ok(Ok(mut resp)) => {
-                    resp.extensions_mut()
-                        .insert(ServedBy(addr.ip(), c.key.service.clone()));
-                    let frontends = self.frontends;
-                    if let Some(m) = &frontends.mesh {
-                        if m.remote(frontends, addr.ip()).is_some() {
-                            resp.extensions_mut().insert(Tunneled);
-                        }
+                    resp.extensions_mut().insert(ServedBy(addr.ip(), c.clone()));
+                    if remote {
+                        resp.extensions_mut().insert(Tunneled);
                     }
                     let status = resp.status().as_u16();
                     self.judge(
@@ -622,12 +691,16 @@ fn rewritten_path(
     uri: &Uri,
     rewrite: Option<&crate::mesh::config::Rewrite>,
     matched: Option<&crate::mesh::routing::Match>,
-) -> String {
+) -> Option<PathAndQuery> {
+    let Some(new) = rewrite.and_then(|r| r.uri.as_deref()) else {
+        return Some(match uri.path_and_query() {
+            Some(pq) if pq.as_str().starts_with('/') => pq.clone(),
+            Some(pq) => PathAndQuery::try_from(format!("/{}", pq.as_str()).as_str()).ok()?,
+            None => PathAndQuery::from_static("/"),
+        });
+    };
     let path = uri.path();
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    let Some(new) = rewrite.and_then(|r| r.uri.as_deref()) else {
-        return format!("{path}{query}");
-    };
     let rest = matched
         .and_then(|m| m.uri_prefix.as_deref())
         .and_then(|p| path.strip_prefix(p))
@@ -636,7 +709,7 @@ fn rewritten_path(
     if joined.is_empty() {
         joined.push('/');
     }
-    format!("{joined}{query}")
+    PathAndQuery::try_from(format!("{joined}{query}")).ok()
 }
 
 /// Sends a copy of the request to the mirror cluster and forgets it, as Envoy's shadowing
@@ -722,9 +795,8 @@ async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upg
 
 /// The request headers sent upstream: hop-by-hop ones removed, Host kept (HTTP/2 carries
 /// it as :authority), the client recorded in X-Forwarded-For.
-fn forwarded_headers(incoming: &HeaderMap, uri: &Uri, peer: SocketAddr) -> HeaderMap {
-    let mut h = incoming.clone();
-    strip_hop_by_hop(&mut h);
+fn forwarded_headers(h: &mut HeaderMap, uri: &Uri, peer: SocketAddr) {
+    strip_hop_by_hop(h);
     if !h.contains_key(header::HOST) {
         if let Some(v) = uri
             .authority()
@@ -733,29 +805,34 @@ fn forwarded_headers(incoming: &HeaderMap, uri: &Uri, peer: SocketAddr) -> Heade
             h.insert(header::HOST, v);
         }
     }
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {}", peer.ip()),
         None => peer.ip().to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert(HeaderName::from_static("x-forwarded-for"), v);
+        h.insert(X_FORWARDED_FOR, v);
     }
     h.entry(HeaderName::from_static("x-forwarded-proto"))
         .or_insert(HeaderValue::from_static("http"));
-    h
 }
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
     }
     for n in [
         header::CONNECTION,
@@ -767,8 +844,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     ] {
         h.remove(n);
     }
-    h.remove("keep-alive");
-    h.remove("proxy-connection");
+    h.remove(KEEP_ALIVE);
+    h.remove(PROXY_CONNECTION);
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -21,6 +21,7 @@ pub mod telemetry;
 pub mod testing;
 mod tls;
 mod udp;
+mod upstream;
 pub mod view;
 
 use frontends::{Frontends, NodeAddrs};

@@ -30,7 +30,7 @@ pub type Workloads = HashMap<IpAddr, Arc<Workload>>;
 /// The endpoint that answered a request and the Service it belongs to (a response
 /// extension telemetry reads: behind an Ingress the Service varies per route).
 #[derive(Clone, Debug)]
-pub struct ServedBy(pub IpAddr, pub ServiceKey);
+pub struct ServedBy(pub IpAddr, pub Arc<crate::mesh::routing::Cluster>);
 
 /// A response extension: the endpoint was reached through another node's mutual-TLS
 /// tunnel (`connection_security_policy="mutual_tls"`).
@@ -117,6 +117,32 @@ pub fn response_flag(reason: &str) -> &'static str {
     }
 }
 
+/// The metrics of the label sets one connection used last (see [`Telemetry::record_http`]).
+#[derive(Default)]
+pub struct RecentMetrics {
+    entries: Vec<Recent>,
+}
+
+impl RecentMetrics {
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+}
+
+/// A connection rarely sees more label sets than this (endpoints × response codes).
+const RECENT_MAX: usize = 8;
+
+struct Recent {
+    peer: IpAddr,
+    endpoint: Option<IpAddr>,
+    service: ServiceKey,
+    code: u16,
+    flags: &'static str,
+    tunneled: bool,
+    requests: Counter,
+    duration: Histogram,
+}
+
 pub struct Telemetry {
     registry: Registry,
     pub requests: Family<Labels, Counter>,
@@ -190,37 +216,86 @@ impl Telemetry {
         }
     }
 
-    /// Counts one HTTP request to `service` from `peer`, answered by `resp`.
+    /// Counts one HTTP request to `service` from `peer`, answered by `resp`. `recent`
+    /// keeps the metrics of the label sets a connection used, so its next requests skip
+    /// making and hashing the labels; the caller clears it when the workloads change.
     pub fn record_http(
         &self,
         ctx: &RequestContext,
         resp: &http::Response<crate::http::Body>,
         elapsed: std::time::Duration,
+        recent: &mut RecentMetrics,
     ) {
         let served_by = resp.extensions().get::<ServedBy>();
-        let mut l = Labels::new(
-            ctx.workloads.get(&ctx.peer).map(|w| &**w),
-            served_by
-                .and_then(|s| ctx.workloads.get(&s.0))
-                .map(|w| &**w),
-            served_by.map(|s| &s.1).unwrap_or(ctx.service),
-            ctx.domain,
-            ctx.protocol,
-        );
-        l.response_code = resp.status().as_u16().to_string();
-        if resp.extensions().get::<Tunneled>().is_some() {
-            l.connection_security_policy = "mutual_tls";
-        }
-        l.response_flags = resp
+        let code = resp.status().as_u16();
+        let flags = resp
             .headers()
             .get(crate::http::REASON_HEADER)
             .and_then(|v| v.to_str().ok())
             .map(response_flag)
             .unwrap_or("-");
-        self.requests.get_or_create(&l).inc();
-        self.duration
-            .get_or_create(&l)
-            .observe(elapsed.as_secs_f64() * 1000.0);
+        let endpoint = served_by.map(|s| s.0);
+        let tunneled = resp.extensions().get::<Tunneled>().is_some();
+        let service = served_by.map(|s| &s.1.key.service).unwrap_or(ctx.service);
+        let found = recent.entries.iter().position(|e| {
+            e.code == code
+                && e.endpoint == endpoint
+                && e.flags == flags
+                && e.peer == ctx.peer
+                && e.service == *service
+                && e.tunneled == tunneled
+        });
+        let i = match found {
+            Some(i) => i,
+            None => {
+                let (requests, duration) = self.http_metrics(ctx, served_by, code, flags, tunneled);
+                if recent.entries.len() >= RECENT_MAX {
+                    recent.entries.remove(0);
+                }
+                recent.entries.push(Recent {
+                    peer: ctx.peer,
+                    endpoint,
+                    service: service.clone(),
+                    code,
+                    flags,
+                    tunneled,
+                    requests,
+                    duration,
+                });
+                recent.entries.len() - 1
+            }
+        };
+        let e = &recent.entries[i];
+        e.requests.inc();
+        e.duration.observe(elapsed.as_secs_f64() * 1000.0);
+    }
+
+    fn http_metrics(
+        &self,
+        ctx: &RequestContext,
+        served_by: Option<&ServedBy>,
+        code: u16,
+        flags: &'static str,
+        tunneled: bool,
+    ) -> (Counter, Histogram) {
+        let mut l = Labels::new(
+            ctx.workloads.get(&ctx.peer).map(|w| &**w),
+            served_by
+                .and_then(|s| ctx.workloads.get(&s.0))
+                .map(|w| &**w),
+            served_by.map(|s| &s.1.key.service).unwrap_or(ctx.service),
+            ctx.domain,
+            ctx.protocol,
+        );
+        l.response_code = code.to_string();
+        l.response_flags = flags;
+        if tunneled {
+            l.connection_security_policy = "mutual_tls";
+        }
+        (
+            self.requests.get_or_create_owned(&l),
+            self.duration.get_or_create_owned(&l),
+        )
     }
 
     pub fn encode(&self) -> String {

@@ -101,7 +101,25 @@ impl Cluster {
         tried: &[SocketAddr],
         hash: Option<u64>,
     ) -> Option<usize> {
-        let healthy: Vec<usize> = (0..self.endpoints.len())
+        let n = self.endpoints.len();
+        if n > 0 && hash.is_none() && tried.is_empty() && self.policy.outlier.is_none() {
+            // Every endpoint is a candidate: the common first attempt, without the lists.
+            return Some(match self.policy.lb {
+                Lb::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % n,
+                Lb::Random => random_below(n),
+                Lb::LeastRequest => {
+                    let (a, b) = (random_below(n), random_below(n));
+                    if self.active[b].load(Ordering::Relaxed)
+                        < self.active[a].load(Ordering::Relaxed)
+                    {
+                        b
+                    } else {
+                        a
+                    }
+                }
+            });
+        }
+        let healthy: Vec<usize> = (0..n)
             .filter(|&i| {
                 self.policy.outlier.is_none()
                     || !health.is_ejected(&self.name, self.endpoints[i].addr)
