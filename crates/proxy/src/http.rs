@@ -205,7 +205,7 @@ async fn handle(
         Ok(c) => c.clone(),
         Err(why) => {
             stats.refused();
-            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no_cluster_found", why);
+            return local_reply(dest.unresolved, "no_cluster_found", why);
         }
     };
     // An Upgrade (WebSocket and the like) becomes a byte stream after the 101.
@@ -558,6 +558,10 @@ fn redirect(r: &crate::mesh::config::Redirect, uri: &Uri, authority: &str) -> Re
     let scheme = r.scheme.as_deref().unwrap_or("http");
     let host = r.authority.as_deref().unwrap_or(authority);
     let host = match r.port {
+        // The scheme's own port is left out, as Envoy does.
+        Some(p) if (scheme, p) == ("http", 80) || (scheme, p) == ("https", 443) => {
+            host.split(':').next().unwrap_or(host).to_string()
+        }
         Some(p) => format!("{}:{p}", host.split(':').next().unwrap_or(host)),
         None => host.to_string(),
     };
