@@ -179,6 +179,13 @@ def test_routes_by_host_and_path_with_status(node, kc, apps, cleanup):
     assert shop["spec"]["parentRefs"][0]["kind"] == "Gateway"
     assert shop["spec"]["rules"][2]["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
     assert shop["spec"]["rules"][0]["backendRefs"][0]["weight"] == 1
+    # The same object through v1beta1.
+    beta = kc.json("get", "httproutes.v1beta1.gateway.networking.k8s.io", "shop", "-n", ns)
+    assert beta["apiVersion"] == f"{GROUP}/v1beta1" and beta["spec"]["hostnames"] == ["shop.example.test"]
+    # What corral does not implement is accepted with a warning kubectl prints.
+    timed = route("timed", "gw", [{"backendRefs": [backend("web")], "timeouts": {"request": "5s"}}])
+    p = kc.run("apply", "-n", ns, "-f", "-", input=json.dumps(timed))
+    assert "spec.rules[0].timeouts is not implemented" in p.stderr, p.stderr
 
 
 def test_routes_from_other_namespaces_need_allowed_routes(node, kc, apps, cleanup):
@@ -411,3 +418,24 @@ def test_bad_input_is_refused_with_field_paths(kc, apps, cleanup):
                                   {"name": "a", "port": 81, "protocol": "HTTP"}]))
     assert "spec.listeners[1].name" in err and "Duplicate" in err, err
     assert kc.json("get", "httproutes", "-n", ns)["items"] == []
+
+
+def test_the_crds_can_be_replaced_by_upstreams(kc, apps, cleanup):
+    # As upstream's install says: `kubectl apply --server-side -f standard-install.yaml`.
+    # Its CRDs carry CEL rules and its own annotations; corral keeps whatever is applied.
+    ns, pods = apps
+    crd = kc.json("get", "crd", f"httproutes.{GROUP}")
+    meta = crd["metadata"]
+    crd["metadata"] = {"name": meta["name"], "annotations": dict(
+        meta.get("annotations") or {}, **{f"{GROUP}/bundle-version": "v1.2.1-upstream"})}
+    crd.pop("status", None)
+    for v in crd["spec"]["versions"]:
+        v["schema"]["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"] = [
+            {"message": "Rule from upstream", "rule": "!has(self.rules) || size(self.rules) <= 16"}]
+    kc.run("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(crd))
+    got = kc.json("get", "crd", f"httproutes.{GROUP}")
+    assert got["metadata"]["annotations"][f"{GROUP}/bundle-version"] == "v1.2.1-upstream"
+    port = free_port()
+    apply(kc, ns, gateway("gw", [{"name": "http", "port": port, "protocol": "HTTP"}]))
+    apply(kc, ns, route("r", "gw", [{"backendRefs": [backend("web")]}]))
+    assert wait_for("routing after the CRD update", lambda: body_of(port, "/", "any.example.test") == pods["web"])
