@@ -287,6 +287,9 @@ def test_header_modifiers_redirects_rewrites_and_mirror(node, kc, apps, cleanup)
         {"matches": [{"path": {"type": "PathPrefix", "value": "/moved"}}],
          "filters": [{"type": "RequestRedirect", "requestRedirect": {
              "scheme": "https", "hostname": "secure.example.test", "statusCode": 301}}]},
+        {"matches": [{"path": {"type": "PathPrefix", "value": "/shop/"}}],
+         "filters": [{"type": "RequestRedirect", "requestRedirect": {
+             "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/store"}}}]},
         {"matches": [{"path": {"type": "Exact", "value": "/go"}}],
          "filters": [{"type": "RequestRedirect", "requestRedirect": {
              "path": {"type": "ReplaceFullPath", "replaceFullPath": "/new"}, "port": 8443}}]},
@@ -312,6 +315,8 @@ def test_header_modifiers_redirects_rewrites_and_mirror(node, kc, apps, cleanup)
 
     status, _, headers = request(port, "/moved/here?a=b", host)
     assert status == 301 and headers["location"] == "https://secure.example.test/moved/here?a=b", headers
+    status, _, headers = request(port, "/shop/cart/1?x=y", host)
+    assert status == 302 and headers["location"] == f"http://{host}/store/cart/1?x=y", headers
     status, _, headers = request(port, "/go", f"{host}:{port}")
     assert status == 302 and headers["location"] == f"http://{host}:8443/new", headers
 

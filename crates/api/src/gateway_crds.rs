@@ -761,12 +761,6 @@ pub fn warnings(group: &str, kind: &str, obj: &Value) -> Vec<String> {
                     if matches!(f["type"].as_str(), Some("ExtensionRef" | "CORS")) {
                         ignored(&mut out, format!("spec.rules[{i}].filters[{j}]"));
                     }
-                    if f["requestRedirect"]["path"]["type"] == "ReplacePrefixMatch" {
-                        ignored(
-                            &mut out,
-                            format!("spec.rules[{i}].filters[{j}].requestRedirect.path.replacePrefixMatch (the redirect keeps the request's path)"),
-                        );
-                    }
                 }
             }
         }

@@ -275,13 +275,11 @@ fn rule_route(
                 _ => None,
             });
         Action::Redirect(config::Redirect {
-            uri: red.path.as_ref().and_then(|p| {
-                // A prefix replaced on a redirect keeps the rest of the path only through
-                // the match (see compile_match); the full path is used as written.
-                (p.type_ == "ReplaceFullPath")
-                    .then(|| p.replace_full_path.clone())
-                    .flatten()
-            }),
+            uri: red.path.as_ref().and_then(path_replacement),
+            replace_prefix: red
+                .path
+                .as_ref()
+                .is_some_and(|p| p.type_ == "ReplacePrefixMatch"),
             authority: red.hostname.clone(),
             scheme: red.scheme.clone(),
             port,
@@ -440,10 +438,12 @@ fn compile_match(m: &HttpRouteMatch, host: &str, rule: &gw::HttpRouteRule) -> Ve
     let mut out = Match::compile_all(&[hm]);
     // A rewrite of the matched prefix needs to know it (and nothing else does).
     let replaces_prefix = rule.filters.iter().any(|f| {
-        f.url_rewrite
-            .as_ref()
-            .and_then(|u| u.path.as_ref())
-            .is_some_and(|p| p.type_ == "ReplacePrefixMatch")
+        let rewrite = f.url_rewrite.as_ref().and_then(|u| u.path.as_ref());
+        let redirect = f.request_redirect.as_ref().and_then(|r| r.path.as_ref());
+        rewrite
+            .into_iter()
+            .chain(redirect)
+            .any(|p| p.type_ == "ReplacePrefixMatch")
     });
     for o in &mut out {
         o.uri_prefix = (replaces_prefix && ptype == "PathPrefix").then(|| prefix.clone());

@@ -189,7 +189,7 @@ async fn handle(
             *r.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
             return r;
         }
-        Action::Redirect(red) => return redirect(red, req.uri(), &authority),
+        Action::Redirect(red) => return redirect(red, req.uri(), &authority, matched.as_ref()),
         Action::Forward(_) => match route.pick() {
             Some(d) => d,
             None => {
@@ -554,7 +554,12 @@ async fn inject_fault(route: &Route) -> Option<Response<Body>> {
     None
 }
 
-fn redirect(r: &crate::mesh::config::Redirect, uri: &Uri, authority: &str) -> Response<Body> {
+fn redirect(
+    r: &crate::mesh::config::Redirect,
+    uri: &Uri,
+    authority: &str,
+    matched: Option<&crate::mesh::routing::Match>,
+) -> Response<Body> {
     let scheme = r.scheme.as_deref().unwrap_or("http");
     let host = r.authority.as_deref().unwrap_or(authority);
     let host = match r.port {
@@ -565,11 +570,19 @@ fn redirect(r: &crate::mesh::config::Redirect, uri: &Uri, authority: &str) -> Re
         Some(p) => format!("{}:{p}", host.split(':').next().unwrap_or(host)),
         None => host.to_string(),
     };
-    let path = r.uri.clone().unwrap_or_else(|| {
-        uri.path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "/".into())
-    });
+    let prefix_rewrite = crate::mesh::config::Rewrite {
+        uri: r.uri.clone(),
+        authority: None,
+    };
+    let path = if r.replace_prefix {
+        rewritten_path(uri, Some(&prefix_rewrite), matched)
+    } else {
+        r.uri.clone().unwrap_or_else(|| {
+            uri.path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "/".into())
+        })
+    };
     let mut resp = Response::new(full(String::new()));
     *resp.status_mut() = StatusCode::from_u16(r.redirect_code.unwrap_or(301))
         .unwrap_or(StatusCode::MOVED_PERMANENTLY);
