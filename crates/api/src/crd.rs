@@ -297,7 +297,7 @@ pub async fn after_write(st: &Shared, res: &Resource, stored: &Value) -> Vec<Str
     Vec::new()
 }
 
-fn register(st: &Shared, crd: &Value) {
+pub(crate) fn register(st: &Shared, crd: &Value) {
     let name = crd["metadata"]["name"].as_str().unwrap_or("");
     if !crd["metadata"]["deletionTimestamp"].is_null() {
         st.registry.set_custom(name, Vec::new());

@@ -15,6 +15,7 @@ pub mod error;
 pub mod event_cache;
 pub mod fieldpath;
 pub mod filter;
+pub mod gateway_crds;
 pub mod handlers;
 pub mod managed;
 pub mod mesh_crds;
@@ -45,6 +46,7 @@ pub async fn start(
     let st = State::new(store, config);
     namespaces::bootstrap(&st).await?;
     mesh_crds::install(&st).await?;
+    gateway_crds::install(&st).await?;
     tokio::spawn(crd::run_sync(st.clone(), stop.clone()));
     tokio::spawn(namespaces::run_finalizer(st.clone(), stop));
     st.set_ready();

@@ -241,9 +241,12 @@ impl Registry {
     pub fn all(&self) -> Vec<Resource> {
         let inner = self.inner.read().unwrap();
         let mut out = inner.builtin.clone();
-        for rs in inner.custom.values() {
-            out.extend(rs.iter().cloned());
-        }
+        // Custom groups in alphabetical order, as the aggregator orders CRD groups (all of
+        // one priority): `kubectl get gateway` then means gateway.networking.k8s.io's, as
+        // on a real cluster that also serves Istio's networking.istio.io.
+        let mut custom: Vec<&Resource> = inner.custom.values().flatten().collect();
+        custom.sort_by(|a, b| a.group.cmp(&b.group));
+        out.extend(custom.into_iter().cloned());
         out
     }
 

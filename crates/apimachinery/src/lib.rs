@@ -4,6 +4,7 @@
 //! LimitRange rules built on them. Everything works on `serde_json::Value`, so the
 //! same code serves built-in kinds and custom resources.
 
+pub mod gateway;
 pub mod limitrange;
 pub mod patch;
 pub mod printers;

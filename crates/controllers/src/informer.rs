@@ -160,6 +160,11 @@ where
     }
 
     /// Resolves once the first list is in the cache.
+    /// Whether the first list is in.
+    pub fn is_synced(&self) -> bool {
+        *self.inner.synced.borrow()
+    }
+
     pub async fn synced(&self) {
         let mut rx = self.inner.synced.subscribe();
         let _ = rx.wait_for(|s| *s).await;

@@ -13,6 +13,7 @@ pub mod endpointslice;
 pub mod endpointutil;
 pub mod events;
 pub mod expectations;
+pub mod gateway;
 pub mod gc;
 pub mod history;
 pub mod informer;
@@ -305,6 +306,13 @@ pub async fn run(
         informers.nodes.clone(),
     ));
     let ing_queue = ing_status.register();
+    let gateway_status = Arc::new(gateway::Controller::new(
+        client.clone(),
+        namespaces.clone(),
+        informers.services.clone(),
+        informers.nodes.clone(),
+    ));
+    let gateway_queue = gateway_status.register();
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -366,6 +374,19 @@ pub async fn run(
     ));
     tasks.push(endpoints.start(Api::all(client.clone()), stopped()));
     tasks.push(ingresses.start(Api::all(client.clone()), stopped()));
+    {
+        // Without the Gateway API's CRDs these watches retry quietly and nothing is written.
+        let g = &gateway_status;
+        tasks.push(g.classes.start(Api::all(client.clone()), stopped()));
+        tasks.push(g.gateways.start(Api::all(client.clone()), stopped()));
+        tasks.push(g.routes.start(Api::all(client.clone()), stopped()));
+        tasks.push(g.grants.start(Api::all(client.clone()), stopped()));
+        tasks.push(g.secrets.start_with(
+            Api::all(client.clone()),
+            kube::runtime::watcher::Config::default().fields("type=kubernetes.io/tls"),
+            stopped(),
+        ));
+    }
     tasks.push(namespaces.start(Api::all(client.clone()), stopped()));
     tasks.push(accounts.start(Api::all(client.clone()), stopped()));
     tasks.push(root_ca.start_with(
@@ -474,6 +495,12 @@ pub async fn run(
         ing_status.clone(),
         |c, k| async move { c.reconcile(k).await },
     ));
+    tasks.push(workers(
+        &gateway_queue,
+        1,
+        gateway_status.clone(),
+        |c, k| async move { c.reconcile(k).await },
+    ));
     endpoints.synced().await;
     eps.queue_leftovers();
     tasks.push(workers(
@@ -520,6 +547,7 @@ pub async fn run(
     pod_gc_queue.shutdown();
     slices_queue.shutdown();
     endpoints_queue.shutdown();
+    gateway_queue.shutdown();
     if let Some((_, q)) = &local_path {
         q.shutdown();
     }

@@ -102,7 +102,7 @@ impl Controller {
 }
 
 /// The InternalIPs of the Ready nodes, sorted: where a LoadBalancer or Ingress answers.
-fn ready_node_ips(nodes: &Informer<Node>) -> Vec<String> {
+pub(crate) fn ready_node_ips(nodes: &Informer<Node>) -> Vec<String> {
     let mut ips: Vec<String> = nodes
         .list(|n| ready_status(n) == Some("True"))
         .iter()
@@ -115,7 +115,10 @@ fn ready_node_ips(nodes: &Informer<Node>) -> Vec<String> {
 
 /// Calls `requeue` when a node comes, goes, or changes readiness or address: what moves
 /// the addresses published in statuses.
-fn on_node_address_change(nodes: &Informer<Node>, requeue: impl Fn() + Send + Sync + 'static) {
+pub(crate) fn on_node_address_change(
+    nodes: &Informer<Node>,
+    requeue: impl Fn() + Send + Sync + 'static,
+) {
     nodes.on_change(move |c| {
         let changed = match c {
             Change::Applied {

@@ -133,6 +133,8 @@ pub struct Frontends {
     pub pods_by_ip: Arc<HashMap<IpAddr, Arc<crate::pods::PodMeta>>>,
     /// Ingress TLS certificates by host name (`*.example.com` for wildcards).
     pub certs: Arc<HashMap<String, Arc<rustls::sign::CertifiedKey>>>,
+    /// Gateway HTTPS listeners' certificates by port and hostname.
+    pub gateway_certs: Arc<crate::gateway::PortCerts>,
     /// NetworkPolicies: whether a client may reach the endpoint the proxy chose for it.
     pub netpol: Arc<crate::netpol::NetPolicies>,
     /// Tunnels to other nodes' pods (None: endpoints are dialled directly, wherever).
@@ -284,13 +286,15 @@ impl Frontends {
                 }
             }
         }
+        let mut gateways = crate::gateway::compile(view, &mut compiler);
         if node.ingress_http.is_some() || node.ingress_https.is_some() {
-            let (routes, tls) = crate::ingress::compile(view, &mut compiler);
+            let (ingress_routes, tls) = crate::ingress::compile(view, &mut compiler);
             for (port, app) in [
                 (node.ingress_http, AppProtocol::Http1),
                 (node.ingress_https, AppProtocol::Https),
             ] {
                 let Some(port) = port else { continue };
+                let routes = gateways.before_ingress(port, app, &ingress_routes);
                 for ip in [node.node_ip, Ipv4Addr::LOCALHOST.into()] {
                     let listen = Listen {
                         addr: SocketAddr::new(ip, port),
@@ -315,6 +319,31 @@ impl Frontends {
             }
             out.certs = Arc::new(crate::tls::certified_keys(&tls, &view.tls_secrets));
         }
+        for (port, (app, routes)) in std::mem::take(&mut gateways.ports) {
+            for ip in [node.node_ip, Ipv4Addr::LOCALHOST.into()] {
+                let listen = Listen {
+                    addr: SocketAddr::new(ip, port),
+                    protocol: Protocol::Tcp,
+                };
+                // A Service's node port or LoadBalancer port already here keeps it.
+                out.by_listen.entry(listen).or_insert_with(|| {
+                    Arc::new(Frontend {
+                        service: ServiceKey {
+                            namespace: "kube-system".into(),
+                            name: "corral-gateway".into(),
+                        },
+                        port_name: "gateway".into(),
+                        app,
+                        service_port: port,
+                        routes: Some(routes.clone()),
+                        backends: Vec::new(),
+                        affinity: None,
+                        next: AtomicUsize::new(0),
+                    })
+                });
+            }
+        }
+        out.gateway_certs = Arc::new(gateways.certs);
         out.clusters = compiler.clusters;
         let mut workloads = crate::telemetry::Workloads::new();
         for svc in view.services.values() {

@@ -260,7 +260,7 @@ async fn handle(
             *r.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
             return r;
         }
-        Action::Redirect(red) => return redirect(red, req.uri(), &authority),
+        Action::Redirect(red) => return redirect(red, req.uri(), &authority, matched.as_ref()),
         Action::Forward(_) => match route.pick() {
             Some(d) => d,
             None => {
@@ -276,7 +276,7 @@ async fn handle(
         Ok(c) => c.clone(),
         Err(why) => {
             stats.refused();
-            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no_cluster_found", why);
+            return local_reply(dest.unresolved, "no_cluster_found", why);
         }
     };
     // An Upgrade (WebSocket and the like) becomes a byte stream after the 101.
@@ -664,18 +664,35 @@ async fn inject_fault(route: &Route) -> Option<Response<Body>> {
     None
 }
 
-fn redirect(r: &crate::mesh::config::Redirect, uri: &Uri, authority: &str) -> Response<Body> {
+fn redirect(
+    r: &crate::mesh::config::Redirect,
+    uri: &Uri,
+    authority: &str,
+    matched: Option<&crate::mesh::routing::Match>,
+) -> Response<Body> {
     let scheme = r.scheme.as_deref().unwrap_or("http");
     let host = r.authority.as_deref().unwrap_or(authority);
     let host = match r.port {
+        // The scheme's own port is left out, as Envoy does.
+        Some(p) if (scheme, p) == ("http", 80) || (scheme, p) == ("https", 443) => {
+            host.split(':').next().unwrap_or(host).to_string()
+        }
         Some(p) => format!("{}:{p}", host.split(':').next().unwrap_or(host)),
         None => host.to_string(),
     };
-    let path = r.uri.clone().unwrap_or_else(|| {
-        uri.path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "/".into())
-    });
+    let prefix_rewrite = crate::mesh::config::Rewrite {
+        uri: r.uri.clone(),
+        authority: None,
+    };
+    let path = if r.replace_prefix {
+        rewritten_path(uri, Some(&prefix_rewrite), matched)
+    } else {
+        r.uri.clone().unwrap_or_else(|| {
+            uri.path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "/".into())
+        })
+    };
     let mut resp = Response::new(full(String::new()));
     *resp.status_mut() = StatusCode::from_u16(r.redirect_code.unwrap_or(301))
         .unwrap_or(StatusCode::MOVED_PERMANENTLY);

@@ -6,6 +6,7 @@
 
 pub mod dns;
 pub mod frontends;
+pub mod gateway;
 pub mod http;
 pub mod ingress;
 pub mod listeners;

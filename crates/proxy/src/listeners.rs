@@ -84,7 +84,10 @@ impl Listeners {
                 let upstreams = self.upstreams.clone();
                 let telemetry = self.telemetry.clone();
                 let tls = (app == AppProtocol::Https).then(|| {
-                    tokio_rustls::TlsAcceptor::from(crate::tls::server_config(table.clone()))
+                    tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+                        table.clone(),
+                        listen.addr.port(),
+                    ))
                 });
                 tokio::spawn(http::serve(
                     listener, listen, table, upstreams, stats, telemetry, tls,

@@ -40,6 +40,23 @@ pub fn certified_keys(
     out
 }
 
+/// The certificate of one TLS Secret (a Gateway listener's certificateRef), if it parses.
+pub fn certified_key_of(
+    secrets: &crate::view::TlsSecrets,
+    namespace: &str,
+    name: &str,
+) -> Option<Arc<CertifiedKey>> {
+    let (cert, key) = &**secrets.get(&(namespace.to_string(), name.to_string()))?;
+    match certified_key(cert, key) {
+        Ok(k) => Some(Arc::new(k)),
+        Err(e) => {
+            tracing::warn!(secret = %format!("{namespace}/{name}"), error = %e,
+                "ignoring a Gateway listener's TLS Secret");
+            None
+        }
+    }
+}
+
 fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, String> {
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &cert_pem[..])
         .collect::<Result<_, _>>()
@@ -55,14 +72,34 @@ fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, String
     Ok(CertifiedKey::new(certs, signer))
 }
 
-/// Picks the certificate for the SNI name: exact, then the wildcard one label up.
+/// Picks the certificate for the SNI name: first a Gateway listener's on this port (exact
+/// hostname, then wildcards from the closest, then the listener without a hostname), then
+/// an Ingress's (exact, then the wildcard one label up).
 #[derive(Debug)]
-struct BySni(watch::Receiver<Arc<Frontends>>);
+struct BySni(watch::Receiver<Arc<Frontends>>, u16);
 
 impl ResolvesServerCert for BySni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let name = hello.server_name()?.to_ascii_lowercase();
+        let sni = hello.server_name().map(str::to_ascii_lowercase);
         let table = self.0.borrow();
+        if let Some(certs) = table.gateway_certs.get(&self.1) {
+            if let Some(name) = &sni {
+                if let Some(k) = certs.get(name) {
+                    return Some(k.clone());
+                }
+                let mut rest = name.as_str();
+                while let Some((_, parent)) = rest.split_once('.') {
+                    if let Some(k) = certs.get(&format!("*.{parent}")) {
+                        return Some(k.clone());
+                    }
+                    rest = parent;
+                }
+            }
+            if let Some(k) = certs.get("") {
+                return Some(k.clone());
+            }
+        }
+        let name = sni?;
         if let Some(k) = table.certs.get(&name) {
             return Some(k.clone());
         }
@@ -71,14 +108,17 @@ impl ResolvesServerCert for BySni {
     }
 }
 
-pub fn server_config(table: watch::Receiver<Arc<Frontends>>) -> Arc<rustls::ServerConfig> {
+pub fn server_config(
+    table: watch::Receiver<Arc<Frontends>>,
+    port: u16,
+) -> Arc<rustls::ServerConfig> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("ring supports the default versions")
     .with_no_client_auth()
-    .with_cert_resolver(Arc::new(BySni(table)));
+    .with_cert_resolver(Arc::new(BySni(table, port)));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(cfg)
 }

@@ -152,7 +152,20 @@ pub struct ClusterView {
     pub network_policies: Vec<Arc<NetworkPolicy>>,
     pub namespaces: Arc<std::collections::HashMap<String, Arc<BTreeMap<String, String>>>>,
     pub peer_authentications: Vec<Arc<crate::mesh::peerauth::PeerAuthentication>>,
+    /// The Gateway API's objects (empty when their CRDs are not served).
+    pub gateway_api: Arc<GatewayApi>,
 }
+
+/// GatewayClasses, Gateways, HTTPRoutes and ReferenceGrants, oldest first.
+#[derive(Clone, Debug, Default)]
+pub struct GatewayApi {
+    pub classes: Vec<gw::Obj<gw::GatewayClassSpec>>,
+    pub gateways: Vec<gw::Obj<gw::GatewaySpec>>,
+    pub routes: Vec<gw::Obj<gw::HttpRouteSpec>>,
+    pub grants: Vec<gw::Obj<gw::ReferenceGrantSpec>>,
+}
+
+use corral_apimachinery::gateway as gw;
 
 pub use crate::pods::{PodMeta, Pods as PodLabels};
 
@@ -373,6 +386,26 @@ pub fn watch_cluster(client: Client) -> (watch::Receiver<Arc<ClusterView>>, impl
         "peerauthentications",
         &changed,
     );
+    let gwapi = "gateway.networking.k8s.io";
+    let (gw_classes, gwc_task) = reflect_kind(
+        &client,
+        gwapi,
+        "v1",
+        "GatewayClass",
+        "gatewayclasses",
+        &changed,
+    );
+    let (gateways, gw_task) = reflect_kind(&client, gwapi, "v1", "Gateway", "gateways", &changed);
+    let (routes, route_task) =
+        reflect_kind(&client, gwapi, "v1", "HTTPRoute", "httproutes", &changed);
+    let (grants, grant_task) = reflect_kind(
+        &client,
+        gwapi,
+        "v1beta1",
+        "ReferenceGrant",
+        "referencegrants",
+        &changed,
+    );
     let builder = tokio::spawn(async move {
         if services.wait_until_ready().await.is_err() || slices.wait_until_ready().await.is_err() {
             return;
@@ -385,7 +418,16 @@ pub fn watch_cluster(client: Client) -> (watch::Receiver<Arc<ClusterView>>, impl
         let _ = tokio::time::timeout(Duration::from_secs(2), ingresses.wait_until_ready()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), classes.wait_until_ready()).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), secrets.wait_until_ready()).await;
-        for store in [&vss, &drs, &aps, &pas] {
+        for store in [
+            &vss,
+            &drs,
+            &aps,
+            &pas,
+            &gw_classes,
+            &gateways,
+            &routes,
+            &grants,
+        ] {
             let _ = tokio::time::timeout(Duration::from_secs(2), store.wait_until_ready()).await;
         }
         loop {
@@ -422,6 +464,12 @@ pub fn watch_cluster(client: Client) -> (watch::Receiver<Arc<ClusterView>>, impl
                 })
                 .collect();
             view.peer_authentications = parse_istio(&pas.state());
+            view.gateway_api = Arc::new(GatewayApi {
+                classes: parse_gateway_api(&gw_classes.state()),
+                gateways: parse_gateway_api(&gateways.state()),
+                routes: parse_gateway_api(&routes.state()),
+                grants: parse_gateway_api(&grants.state()),
+            });
             view.network_policies = netpols.state();
             view.namespaces = Arc::new(
                 namespaces
@@ -451,6 +499,10 @@ pub fn watch_cluster(client: Client) -> (watch::Receiver<Arc<ClusterView>>, impl
             netpol_task,
             ns_task,
             pa_task,
+            gwc_task,
+            gw_task,
+            route_task,
+            grant_task,
         ] {
             t.abort();
         }
@@ -493,6 +545,42 @@ fn parse_istio<S: serde::de::DeserializeOwned>(
     out
 }
 
+/// Parses Gateway API objects, skipping (with a log line) those that do not parse; the
+/// API's validation makes that rare.
+fn parse_gateway_api<S: serde::de::DeserializeOwned>(
+    objs: &[Arc<kube::core::DynamicObject>],
+) -> Vec<gw::Obj<S>> {
+    let mut out: Vec<gw::Obj<S>> = objs
+        .iter()
+        .filter_map(|o| {
+            let spec = o.data.get("spec").cloned().unwrap_or_default();
+            match serde_json::from_value::<S>(spec) {
+                Ok(spec) => Some(gw::Obj {
+                    namespace: o.namespace().unwrap_or_default(),
+                    name: o.name_any(),
+                    created: o
+                        .metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .map(|t| t.0.to_string())
+                        .unwrap_or_default(),
+                    generation: o.metadata.generation.unwrap_or(0),
+                    spec,
+                }),
+                Err(e) => {
+                    tracing::warn!(namespace = ?o.namespace(), name = %o.name_any(), error = %e,
+                        "ignoring a Gateway API object the proxy cannot read");
+                    None
+                }
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (&a.created, &a.namespace, &a.name).cmp(&(&b.created, &b.namespace, &b.name))
+    });
+    out
+}
+
 fn reflect_istio(
     client: &Client,
     group: &str,
@@ -503,8 +591,22 @@ fn reflect_istio(
     Store<kube::core::DynamicObject>,
     tokio::task::JoinHandle<()>,
 ) {
+    reflect_kind(client, group, "v1", kind, plural, changed)
+}
+
+fn reflect_kind(
+    client: &Client,
+    group: &str,
+    version: &str,
+    kind: &str,
+    plural: &str,
+    changed: &Arc<Notify>,
+) -> (
+    Store<kube::core::DynamicObject>,
+    tokio::task::JoinHandle<()>,
+) {
     let (client, changed) = (client.clone(), changed.clone());
-    let gvk = kube::core::GroupVersionKind::gvk(group, "v1", kind);
+    let gvk = kube::core::GroupVersionKind::gvk(group, version, kind);
     let ar = kube::core::ApiResource::from_gvk_with_plural(&gvk, plural);
     let writer = reflector::store::Writer::new(ar.clone());
     let reader = writer.as_reader();

@@ -222,6 +222,7 @@ pub async fn create_object(
         return Err(ApiError::invalid(&res.kind, &res.group, &name, causes));
     }
     warnings.extend(crate::mesh_crds::warnings(&res.group, &res.kind, &obj));
+    warnings.extend(crate::gateway_crds::warnings(&res.group, &res.kind, &obj));
     check_namespace(st, res, ns).await?;
     admission::default_storage_class(st, res, &mut obj).await?;
     admission::default_ingress_class(st, res, &mut obj).await?;
@@ -431,6 +432,7 @@ where
         }
         if sub.is_none() {
             warnings.extend(crate::mesh_crds::warnings(&res.group, &res.kind, &new));
+            warnings.extend(crate::gateway_crds::warnings(&res.group, &res.kind, &new));
         }
         if sub.is_none() {
             admission::limit_ranges(st, res, ns, &mut new, true).await?;

@@ -90,6 +90,7 @@ pub fn validate(res: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Cause> 
         kinds::validate_kind(res, obj, old, &mut causes);
     } else {
         crate::mesh_crds::validate(&res.group, &res.kind, obj, &mut causes);
+        crate::gateway_crds::validate(&res.group, &res.kind, obj, &mut causes);
     }
     causes
 }

@@ -88,6 +88,9 @@ pub struct Redirect {
     pub scheme: Option<String>,
     pub port: Option<u16>,
     pub redirect_code: Option<u16>,
+    /// The Gateway API's ReplacePrefixMatch: `uri` replaces only the matched prefix.
+    #[serde(skip)]
+    pub replace_prefix: bool,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

@@ -458,6 +458,8 @@ pub struct WeightedCluster {
     pub cluster: Result<Arc<Cluster>, String>,
     pub weight: u32,
     pub headers: Option<config::Headers>,
+    /// The answer when `cluster` does not exist: Istio's 503, the Gateway API's 500.
+    pub unresolved: http::StatusCode,
 }
 
 #[derive(Clone, Debug)]
@@ -492,6 +494,7 @@ impl Route {
                 cluster,
                 weight: 100,
                 headers: None,
+                unresolved: http::StatusCode::SERVICE_UNAVAILABLE,
             }]),
             timeout: None,
             retry: RetryPolicy::istio_default(),
@@ -635,6 +638,7 @@ impl<'a> Compiler<'a> {
                             d.weight.unwrap_or(0).clamp(0, 100) as u32
                         },
                         headers: d.headers.clone(),
+                        unresolved: http::StatusCode::SERVICE_UNAVAILABLE,
                     })
                     .collect(),
             )
