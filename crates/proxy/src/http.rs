@@ -686,6 +686,12 @@ fn redirect(
     };
     let path = if r.replace_prefix {
         rewritten_path(uri, Some(&prefix_rewrite), matched)
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| {
+                uri.path_and_query()
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "/".into())
+            })
     } else {
         r.uri.clone().unwrap_or_else(|| {
             uri.path_and_query()
