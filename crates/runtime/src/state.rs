@@ -168,10 +168,11 @@ pub(crate) fn read_state(bundle: &Path) -> Result<ContainerState> {
         });
     }
     // The process is gone; its shim may be writing the exit record right now. On a busy
-    // node that takes a while (reaping, reading the OOM counters): wait up to 2 s while the
-    // shim lives, or an OOM kill is reported as a lost container.
+    // node that takes a while (reaping, reading the OOM counters, a log write held up by
+    // dirty-page throttling while builds write gigabytes: 2 s was not always enough in CI):
+    // wait up to 10 s while the shim lives, or an exit is reported as a lost container.
     if crate::sys::process_matches(state.shim_pid, state.shim_start_ticks) {
-        for _ in 0..1000 {
+        for _ in 0..5000 {
             if let Some(exit) = read_json::<ExitRecord>(&bundle.join(EXIT))? {
                 return Ok(exit.to_state(started_at));
             }
