@@ -327,6 +327,24 @@ pub struct Obj<S> {
     pub spec: S,
 }
 
+impl<S: serde::de::DeserializeOwned> Obj<S> {
+    /// A new object (generation 1, no creation time) with `spec` read from JSON, as tests
+    /// and tools write them.
+    pub fn from_json(
+        namespace: &str,
+        name: &str,
+        spec: serde_json::Value,
+    ) -> serde_json::Result<Self> {
+        Ok(Obj {
+            namespace: namespace.into(),
+            name: name.into(),
+            created: String::new(),
+            generation: 1,
+            spec: serde_json::from_value(spec)?,
+        })
+    }
+}
+
 /// Everything the attachment rules look at.
 pub struct World<'a> {
     pub classes: &'a [Obj<GatewayClassSpec>],
@@ -851,13 +869,7 @@ mod tests {
         name: &str,
         spec: serde_json::Value,
     ) -> Obj<S> {
-        Obj {
-            namespace: ns.into(),
-            name: name.into(),
-            created: String::new(),
-            generation: 1,
-            spec: serde_json::from_value(spec).unwrap(),
-        }
+        Obj::from_json(ns, name, spec).unwrap()
     }
 
     fn labels(ns: &str) -> Option<BTreeMap<String, String>> {

@@ -214,6 +214,40 @@ pub struct NodeAddrs {
 }
 
 impl Frontends {
+    /// Serves `routes` on the node's address and 127.0.0.1 at `port` (Ingress, Gateway
+    /// listeners), as the frontend of a pseudo-Service `kube-system/corral-<kind>`. A
+    /// Service's node port or LoadBalancer port already there keeps it.
+    fn node_routes(
+        &mut self,
+        node: &NodeAddrs,
+        port: u16,
+        app: AppProtocol,
+        routes: Arc<Vec<crate::mesh::routing::Route>>,
+        kind: &str,
+    ) {
+        for ip in [node.node_ip, Ipv4Addr::LOCALHOST.into()] {
+            let listen = Listen {
+                addr: SocketAddr::new(ip, port),
+                protocol: Protocol::Tcp,
+            };
+            self.by_listen.entry(listen).or_insert_with(|| {
+                Arc::new(Frontend {
+                    service: ServiceKey {
+                        namespace: "kube-system".into(),
+                        name: format!("corral-{kind}"),
+                    },
+                    port_name: kind.into(),
+                    app,
+                    service_port: port,
+                    routes: Some(routes.clone()),
+                    backends: Vec::new(),
+                    affinity: None,
+                    next: AtomicUsize::new(0),
+                })
+            });
+        }
+    }
+
     /// Derives the frontends from a view. `previous` carries ClientIP affinity and the
     /// round-robin position over for frontends whose backends did not change.
     pub fn build(view: &ClusterView, node: &NodeAddrs, previous: &Frontends) -> Frontends {
@@ -295,53 +329,12 @@ impl Frontends {
             ] {
                 let Some(port) = port else { continue };
                 let routes = gateways.before_ingress(port, app, &ingress_routes);
-                for ip in [node.node_ip, Ipv4Addr::LOCALHOST.into()] {
-                    let listen = Listen {
-                        addr: SocketAddr::new(ip, port),
-                        protocol: Protocol::Tcp,
-                    };
-                    out.by_listen.entry(listen).or_insert_with(|| {
-                        Arc::new(Frontend {
-                            service: ServiceKey {
-                                namespace: "kube-system".into(),
-                                name: "corral-ingress".into(),
-                            },
-                            port_name: "ingress".into(),
-                            app,
-                            service_port: port,
-                            routes: Some(routes.clone()),
-                            backends: Vec::new(),
-                            affinity: None,
-                            next: AtomicUsize::new(0),
-                        })
-                    });
-                }
+                out.node_routes(node, port, app, routes, "ingress");
             }
             out.certs = Arc::new(crate::tls::certified_keys(&tls, &view.tls_secrets));
         }
         for (port, (app, routes)) in std::mem::take(&mut gateways.ports) {
-            for ip in [node.node_ip, Ipv4Addr::LOCALHOST.into()] {
-                let listen = Listen {
-                    addr: SocketAddr::new(ip, port),
-                    protocol: Protocol::Tcp,
-                };
-                // A Service's node port or LoadBalancer port already here keeps it.
-                out.by_listen.entry(listen).or_insert_with(|| {
-                    Arc::new(Frontend {
-                        service: ServiceKey {
-                            namespace: "kube-system".into(),
-                            name: "corral-gateway".into(),
-                        },
-                        port_name: "gateway".into(),
-                        app,
-                        service_port: port,
-                        routes: Some(routes.clone()),
-                        backends: Vec::new(),
-                        affinity: None,
-                        next: AtomicUsize::new(0),
-                    })
-                });
-            }
+            out.node_routes(node, port, app, routes, "gateway");
         }
         out.gateway_certs = Arc::new(gateways.certs);
         out.clusters = compiler.clusters;

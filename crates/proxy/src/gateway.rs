@@ -493,13 +493,7 @@ mod tests {
         name: &str,
         spec: serde_json::Value,
     ) -> Obj<S> {
-        Obj {
-            namespace: ns.into(),
-            name: name.into(),
-            created: String::new(),
-            generation: 1,
-            spec: serde_json::from_value(spec).unwrap(),
-        }
+        Obj::from_json(ns, name, spec).unwrap()
     }
 
     fn service(view: &mut ClusterView, name: &str, ip: &str) {

@@ -86,7 +86,7 @@ impl Upstreams {
         let h2 = app == AppProtocol::Http2;
         if let Some(mesh) = &frontends.mesh {
             if mesh.remote(frontends, addr.ip()).is_some() {
-                let source = mesh.source_for(frontends, peer);
+                let source = mesh.source_of(frontends, peer);
                 let client = self
                     .tunneled
                     .lock()

@@ -511,74 +511,78 @@ pub fn watch_cluster(client: Client) -> (watch::Receiver<Arc<ClusterView>>, impl
     (rx, stop)
 }
 
-/// Parses Istio objects, skipping (and logging once per change) those that do not parse.
+/// The metadata every parsed object keeps: namespace, name, creation time (its order).
+struct Meta {
+    namespace: String,
+    name: String,
+    created: String,
+    generation: i64,
+}
+
+/// Parses the specs of `objs` into `make`'s records, oldest first (the order Istio and the
+/// Gateway API give precedence by), skipping with a log line those that do not parse
+/// (the API's validation makes that rare).
+fn parse_specs<S: serde::de::DeserializeOwned, T>(
+    objs: &[Arc<kube::core::DynamicObject>],
+    what: &str,
+    make: impl Fn(Meta, S) -> T,
+) -> Vec<T> {
+    let mut out: Vec<(Meta, S)> = objs
+        .iter()
+        .filter_map(|o| {
+            let spec = o.data.get("spec").cloned().unwrap_or_default();
+            match serde_json::from_value::<S>(spec) {
+                Ok(spec) => Some((
+                    Meta {
+                        namespace: o.namespace().unwrap_or_default(),
+                        name: o.name_any(),
+                        created: o
+                            .metadata
+                            .creation_timestamp
+                            .as_ref()
+                            .map(|t| t.0.to_string())
+                            .unwrap_or_default(),
+                        generation: o.metadata.generation.unwrap_or(0),
+                    },
+                    spec,
+                )),
+                Err(e) => {
+                    tracing::warn!(namespace = ?o.namespace(), name = %o.name_any(), error = %e,
+                        "ignoring {what} the proxy cannot read");
+                    None
+                }
+            }
+        })
+        .collect();
+    out.sort_by(|(a, _), (b, _)| {
+        (&a.created, &a.namespace, &a.name).cmp(&(&b.created, &b.namespace, &b.name))
+    });
+    out.into_iter().map(|(m, s)| make(m, s)).collect()
+}
+
 fn parse_istio<S: serde::de::DeserializeOwned>(
     objs: &[Arc<kube::core::DynamicObject>],
 ) -> Vec<Arc<MeshResource<S>>> {
-    let mut out: Vec<Arc<MeshResource<S>>> = objs
-        .iter()
-        .filter_map(|o| {
-            let spec = o.data.get("spec").cloned().unwrap_or_default();
-            match serde_json::from_value::<S>(spec) {
-                Ok(spec) => Some(Arc::new(MeshResource {
-                    namespace: o.namespace().unwrap_or_default(),
-                    name: o.name_any(),
-                    created: o
-                        .metadata
-                        .creation_timestamp
-                        .as_ref()
-                        .map(|t| t.0.to_string())
-                        .unwrap_or_default(),
-                    spec,
-                })),
-                Err(e) => {
-                    tracing::warn!(namespace = ?o.namespace(), name = %o.name_any(), error = %e,
-                        "ignoring an Istio resource the proxy cannot read");
-                    None
-                }
-            }
+    parse_specs(objs, "an Istio resource", |m, spec| {
+        Arc::new(MeshResource {
+            namespace: m.namespace,
+            name: m.name,
+            created: m.created,
+            spec,
         })
-        .collect();
-    out.sort_by(|a, b| {
-        (&a.created, &a.namespace, &a.name).cmp(&(&b.created, &b.namespace, &b.name))
-    });
-    out
+    })
 }
 
-/// Parses Gateway API objects, skipping (with a log line) those that do not parse; the
-/// API's validation makes that rare.
 fn parse_gateway_api<S: serde::de::DeserializeOwned>(
     objs: &[Arc<kube::core::DynamicObject>],
 ) -> Vec<gw::Obj<S>> {
-    let mut out: Vec<gw::Obj<S>> = objs
-        .iter()
-        .filter_map(|o| {
-            let spec = o.data.get("spec").cloned().unwrap_or_default();
-            match serde_json::from_value::<S>(spec) {
-                Ok(spec) => Some(gw::Obj {
-                    namespace: o.namespace().unwrap_or_default(),
-                    name: o.name_any(),
-                    created: o
-                        .metadata
-                        .creation_timestamp
-                        .as_ref()
-                        .map(|t| t.0.to_string())
-                        .unwrap_or_default(),
-                    generation: o.metadata.generation.unwrap_or(0),
-                    spec,
-                }),
-                Err(e) => {
-                    tracing::warn!(namespace = ?o.namespace(), name = %o.name_any(), error = %e,
-                        "ignoring a Gateway API object the proxy cannot read");
-                    None
-                }
-            }
-        })
-        .collect();
-    out.sort_by(|a, b| {
-        (&a.created, &a.namespace, &a.name).cmp(&(&b.created, &b.namespace, &b.name))
-    });
-    out
+    parse_specs(objs, "a Gateway API object", |m, spec| gw::Obj {
+        namespace: m.namespace,
+        name: m.name,
+        created: m.created,
+        generation: m.generation,
+        spec,
+    })
 }
 
 fn reflect_istio(

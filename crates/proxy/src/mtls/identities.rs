@@ -101,13 +101,4 @@ impl Identities {
         self.held.lock().unwrap().insert(id.clone(), held.clone());
         Ok(held)
     }
-
-    /// Forgets identities no longer wanted (their pods are gone from this node).
-    pub fn retain(&self, keep: impl Fn(&SpiffeId) -> bool) {
-        let node = self.node.clone();
-        self.held
-            .lock()
-            .unwrap()
-            .retain(|id, _| *id == node || keep(id));
-    }
 }

@@ -139,14 +139,9 @@ impl Mesh {
         *self.pods.lock().unwrap() = pods;
     }
 
-    /// The identity traffic from `client` carries, given the pods of `fe`.
-    pub fn source_for(&self, fe: &Frontends, client: IpAddr) -> SpiffeId {
-        self.source_of(fe, client)
-    }
-
     /// The identity traffic from `client` carries: its pod's service account when it is a
     /// pod of this node, else this node's.
-    fn source_of(&self, fe: &Frontends, client: IpAddr) -> SpiffeId {
+    pub fn source_of(&self, fe: &Frontends, client: IpAddr) -> SpiffeId {
         match fe.pods_by_ip.get(&client) {
             Some(p) if p.node_name.as_deref() == Some(&self.node_name) => {
                 SpiffeId::workload(self.ids.trust_domain(), &p.namespace, &p.service_account)
