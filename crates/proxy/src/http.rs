@@ -837,6 +837,31 @@ fn forwarded_headers(h: &mut HeaderMap, uri: &Uri, peer: SocketAddr) {
     }
     h.entry(HeaderName::from_static("x-forwarded-proto"))
         .or_insert(HeaderValue::from_static("http"));
+    // As Envoy does for Istio: every request carries an id the hops' logs can share; one
+    // that came with the request is kept. Trace context (traceparent, tracestate, b3) is
+    // passed along untouched: the proxy records no spans, so it must not claim a span
+    // (a new parent-id would point at one no collector ever receives) nor start a trace
+    // (an unsampled traceparent would stop the application's own tracer from sampling).
+    h.entry(X_REQUEST_ID).or_insert_with(request_id);
+}
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A random (version 4) UUID, as Envoy's x-request-id.
+fn request_id() -> HeaderValue {
+    use crate::mesh::routing::random_u64;
+    let (hi, lo) = (random_u64(), random_u64());
+    let hi = (hi & !0xf000) | 0x4000; // version 4
+    let lo = (lo & !(0xc << 60)) | (0x8 << 60); // RFC 4122 variant
+    let s = format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        hi >> 32,
+        (hi >> 16) & 0xffff,
+        hi & 0xffff,
+        lo >> 48,
+        lo & 0xffff_ffff_ffff
+    );
+    HeaderValue::from_str(&s).expect("hex and dashes")
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");

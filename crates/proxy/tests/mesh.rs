@@ -45,6 +45,18 @@ async fn backend(
                             .unwrap_or_default();
                         let mut r =
                             Response::new(Full::new(Bytes::from(format!("{id} {path} {extra}"))));
+                        // Trace context and the request id come back as echo-* headers.
+                        for h in ["traceparent", "tracestate", "x-request-id"] {
+                            if let Some(v) = req.headers().get(h) {
+                                r.headers_mut().insert(
+                                    hyper::header::HeaderName::from_bytes(
+                                        format!("echo-{h}").as_bytes(),
+                                    )
+                                    .unwrap(),
+                                    v.clone(),
+                                );
+                            }
+                        }
                         if failing {
                             *r.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
                         }
@@ -190,6 +202,50 @@ async fn matches_pick_routes_and_rewrite_and_headers_apply() {
         (503, "no_cluster_found")
     );
     assert!(body.contains("subset v9"), "{body}");
+}
+
+#[tokio::test]
+async fn trace_context_passes_along_and_each_request_gets_an_id() {
+    let (a, _) = backend("v1", never()).await;
+    let fe = free_port();
+    let pods = [Pod {
+        addr: a,
+        labels: &[],
+    }];
+    let _p = proxy(&mesh_view(fe, &pods, None, None));
+    let c = client();
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (status, _, h) = get(
+        &c,
+        &format!("http://{fe}/"),
+        &[("traceparent", parent), ("tracestate", "congo=t61rcWkgMzE")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(h["echo-traceparent"], parent);
+    assert_eq!(h["echo-tracestate"], "congo=t61rcWkgMzE");
+    // A request without an id gets a fresh version-4 UUID, a different one each time.
+    let id = |h: &BTreeMap<String, String>| h["echo-x-request-id"].clone();
+    let first = id(&get(&c, &format!("http://{fe}/"), &[]).await.2);
+    let second = id(&get(&c, &format!("http://{fe}/"), &[]).await.2);
+    assert_ne!(first, second);
+    for u in [&first, &second] {
+        let parts: Vec<&str> = u.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12],
+            "{u}"
+        );
+        assert!(
+            parts[2].starts_with('4') && "89ab".contains(&parts[3][..1]),
+            "{u}"
+        );
+        assert!(u.chars().all(|c| c == '-' || c.is_ascii_hexdigit()), "{u}");
+    }
+    // One the client sent is kept, and no traceparent is invented.
+    let (_, _, h) = get(&c, &format!("http://{fe}/"), &[("x-request-id", "abc-123")]).await;
+    assert_eq!(h["echo-x-request-id"], "abc-123");
+    assert!(!h.contains_key("echo-traceparent"));
 }
 
 #[tokio::test]

@@ -841,7 +841,8 @@ impl Inner {
     /// Starts the shim detached from us and waits for its report on the sync pipe.
     fn spawn_shim(&self, dir: &Path, id: &str) -> Result<()> {
         let (sync_r, sync_w) = sys::pipe().ctx(|| "sync pipe".into())?;
-        let shim_log = fs::File::create(dir.join("shim.log")).ctx(|| "create shim.log".into())?;
+        let shim_log =
+            fs::File::create(dir.join(state::SHIM_LOG)).ctx(|| "create shim.log".into())?;
         let mut argv = vec![sys::cstr(&self.cfg.shim_exe).ctx(|| "shim path".into())?];
         for a in self.cfg.shim_args.iter().map(String::as_str).chain(["run"]) {
             argv.push(sys::cstr(a).ctx(|| "shim argument".into())?);

@@ -63,11 +63,17 @@ pub fn run_args(args: &[String]) -> i32 {
     }
 }
 
+/// Sends `msg` to the runtime waiting on the sync pipe; after the first report nobody
+/// listens, so an error then goes to stderr, which is the container's `shim.log`.
 fn report(sync: &mut Option<File>, msg: &SyncMsg) {
-    if let Some(mut f) = sync.take() {
-        let mut line = serde_json::to_vec(msg).expect("serializable");
-        line.push(b'\n');
-        let _ = f.write_all(&line);
+    match (sync.take(), msg) {
+        (Some(mut f), _) => {
+            let mut line = serde_json::to_vec(msg).expect("serializable");
+            line.push(b'\n');
+            let _ = f.write_all(&line);
+        }
+        (None, SyncMsg::Error(e)) => eprintln!("{} corral shim: {e}", state::now_rfc3339()),
+        (None, SyncMsg::Pid(_)) => {}
     }
 }
 
@@ -318,7 +324,15 @@ fn supervise(bundle: &Path, sync: &mut Option<File>) -> io::Result<()> {
         (Some(fifo), None) => Some(Input::new(fifo, out.try_clone()?, true)?),
         _ => None,
     };
-    let status = copy_output(pid, out, stdio.err, input, &mut log)?;
+    let status = match copy_output(pid, out, stdio.err, input, &mut log) {
+        Ok(status) => status,
+        Err(e) => {
+            // Losing the output must not lose the exit: say why in shim.log, reap the
+            // container and record how it ended all the same.
+            report(sync, &SyncMsg::Error(format!("copying output: {e}")));
+            wait_for(pid)?
+        }
+    };
     let oom_killed = cfg.cgroup.as_ref().is_some_and(|c| c.oom_kills() > 0);
     let exit = ExitRecord {
         code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
@@ -537,6 +551,11 @@ fn copy_output(
         splitter.finish(&mut out);
     }
     log.write_all(&out)?;
+    wait_for(pid)
+}
+
+/// Reaps `pid` and returns its wait status.
+fn wait_for(pid: i32) -> io::Result<i32> {
     let mut status = 0;
     loop {
         let r = unsafe { libc::waitpid(pid, &mut status, 0) };
@@ -545,7 +564,7 @@ fn copy_output(
         }
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+            return Err(io::Error::new(e.kind(), format!("waitpid {pid}: {e}")));
         }
     }
 }

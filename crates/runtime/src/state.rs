@@ -14,6 +14,8 @@ use crate::spec::{ContainerSpec, Mount};
 pub(crate) const CONFIG: &str = "config.json";
 pub(crate) const STATE: &str = "state.json";
 pub(crate) const EXIT: &str = "exit.json";
+/// The shim's stderr: why it failed once nobody is listening on the sync pipe any more.
+pub(crate) const SHIM_LOG: &str = "shim.log";
 pub(crate) const ROOTFS: &str = "rootfs";
 pub(crate) const STDIN_FIFO: &str = "stdin";
 
@@ -185,7 +187,19 @@ pub(crate) fn read_state(bundle: &Path) -> Result<ContainerState> {
             return Ok(exit.to_state(started_at));
         }
     }
-    Ok(ContainerState::Unknown {
-        reason: "container process is gone and its shim left no exit record".into(),
-    })
+    let mut reason = "container process is gone and its shim left no exit record".to_string();
+    if let Some(last) = std::fs::read_to_string(bundle.join(SHIM_LOG))
+        .ok()
+        .and_then(|log| {
+            log.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(str::to_string)
+        })
+    {
+        reason.push_str(" (shim: ");
+        reason.push_str(last.trim());
+        reason.push(')');
+    }
+    Ok(ContainerState::Unknown { reason })
 }

@@ -182,8 +182,14 @@ pub fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// A uniformly random number below `n` (n > 0), from a per-thread xorshift seeded by time.
+/// A uniformly random number below `n` (n > 0).
 pub fn random_below(n: usize) -> usize {
+    (((random_u64() >> 11) as u128 * n as u128) >> 53) as usize
+}
+
+/// 64 random bits from a per-thread xorshift seeded by time: cheap, and good enough for
+/// load balancing and request ids (nothing here is a secret).
+pub fn random_u64() -> u64 {
     use std::cell::Cell;
     thread_local! {
         static STATE: Cell<u64> = Cell::new(mix(
@@ -200,11 +206,10 @@ pub fn random_below(n: usize) -> usize {
         x ^= x >> 7;
         x ^= x << 17;
         s.set(x);
-        (((x >> 11) as u128 * n as u128) >> 53) as usize
+        x
     })
 }
 
-/// A percentage in [0, 100] decided per request.
 pub fn chance(percent: f64) -> bool {
     percent >= 100.0 || (percent > 0.0 && (random_below(1_000_000) as f64) < percent * 10_000.0)
 }

@@ -142,10 +142,10 @@ impl Env {
     }
 
     pub async fn exited(&self, id: &str) -> ContainerState {
-        tokio::time::timeout(Duration::from_secs(30), self.rt.wait_exit(id))
-            .await
-            .expect("container did not exit in 30s")
-            .unwrap()
+        match tokio::time::timeout(Duration::from_secs(30), self.rt.wait_exit(id)).await {
+            Ok(state) => state.unwrap(),
+            Err(_) => panic!("{id} did not exit in 30s; its log:\n{}", self.log(id)),
+        }
     }
 }
 
