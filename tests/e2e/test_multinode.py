@@ -310,9 +310,8 @@ def test_pods_run_on_the_joined_node(cluster):
 
 def test_a_service_spans_the_nodes_through_the_mutual_tls_tunnel(cluster):
     """A Service whose pod runs on the joined node, called from a pod of the server's
-    node: no route joins the two pod ranges, so the request can only travel in the node
-    proxies' tunnel (HTTP/2 CONNECT over mutual TLS on port 15008), at L7 (port `http`)
-    and L4 (port `tcp-raw`). Each proxy got its certificates from the cluster CA; the
+    node: the node proxies carry it in their tunnel (HTTP/2 CONNECT over mutual TLS on
+    port 15008), not over the pod route, at L7 (port `http`) and L4 (port `tcp-raw`). Each proxy got its certificates from the cluster CA; the
     tunnel refuses a client without one."""
     import socket
     import ssl
@@ -374,6 +373,70 @@ def test_a_service_spans_the_nodes_through_the_mutual_tls_tunnel(cluster):
     except (ssl.SSLError, ConnectionError):
         refused = True
     assert refused, "the tunnel served a client without a certificate"
+    kc.run("delete", "namespace", ns, "--wait=false")
+
+
+def test_pods_reach_each_other_across_nodes_by_pod_ip(cluster):
+    """Each node routes the other's pod range via the other's address (host-gw), so a pod
+    reaches a pod of the other node by its IP, both ways, as in any Kubernetes cluster.
+    Forwarding is turned on only for the bridges and the interfaces toward the other node,
+    never with the host's global ip_forward."""
+    kc, a = cluster.kc, cluster.agent
+    ns = "mn-podip"
+    forward_before = open("/proc/sys/net/ipv4/ip_forward").read().strip()
+    wait_for("the joined node", lambda: node_ready(kc, a.node_name) == "True", timeout=60)
+    kc.run("create", "namespace", ns)
+    for name, node in (("far", a.node_name), ("near", cluster.server_node)):
+        kc.run("apply", "-n", ns, "-f", "-", input=json.dumps(pinned_pod(name, node)))
+    pods = wait_for("both pods", lambda: (lambda f, n: (f, n) if f and n else None)(
+        running(kc, ns, "far"), running(kc, ns, "near")), timeout=90)
+    far_ip, near_ip = (p["status"]["podIP"] for p in pods)
+    agent_cidr = kc.json("get", "node", a.node_name)["spec"]["podCIDR"]
+    wait_for("the server's route to the joined node's pods", lambda: f"{agent_cidr} via {cluster.netns.ns_ip}" in
+             subprocess.run(["ip", "route", "show", "proto", "196"], capture_output=True, text=True).stdout,
+             timeout=30)
+
+    def wget(pod, ip):
+        return kc.run("exec", "-n", ns, pod, "--", "wget", "-q", "-O-", f"http://{ip}:8080/", check=False, timeout=30)
+
+    def routing():
+        sh = lambda *c: subprocess.run(list(c), capture_output=True, text=True).stdout
+        return "\n".join([
+            sh("ip", "route"), sh("ip", "-n", cluster.netns.name, "route"),
+            sh("sh", "-c", "grep . /proc/sys/net/ipv4/conf/*/forwarding"),
+            sh("ip", "netns", "exec", cluster.netns.name, "sh", "-c", "grep . /proc/sys/net/ipv4/conf/*/forwarding")])
+
+    for src, dst in (("near", far_ip), ("far", near_ip)):
+        try:
+            out = wait_for(f"{src} -> {dst}", lambda: (lambda o: o if o.returncode == 0 else None)(wget(src, dst)),
+                           timeout=30)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{routing()}\n{a.logs()}") from None
+        assert "web v1" in out.stdout, out
+    conf = lambda iface: open(f"/proc/sys/net/ipv4/conf/{iface}/forwarding").read().strip()
+    assert conf(cluster.netns.host_if) == "1" and conf(cluster.bridge) == "1"
+    assert open("/proc/sys/net/ipv4/ip_forward").read().strip() == forward_before
+
+    # NetworkPolicy judges a pod of the other node by its address like a local one: on
+    # the receiving node (far's ingress) and on the sending one (near's egress, whose
+    # rules cover the pod ranges this node routes to).
+    def blocked(src, dst):
+        out = kc.run("exec", "-n", ns, src, "--", "timeout", "3", "wget", "-q", "-O-", f"http://{dst}:8080/",
+                     check=False, timeout=30)
+        return out.returncode != 0
+
+    def policy(name, body):
+        kc.run("apply", "-n", ns, "-f", "-", input=json.dumps(
+            {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": name}, "spec": body}))
+
+    policy("far-from-friends", {"podSelector": {"matchLabels": {"app": "far"}},
+                                "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "friend"}}}]}]})
+    wait_for("far's ingress policy to drop near", lambda: blocked("near", far_ip), timeout=30)
+    kc.run("label", "pod", "-n", ns, "near", "role=friend")
+    wait_for("near, now a friend, to reach far", lambda: not blocked("near", far_ip), timeout=30)
+    policy("near-no-egress", {"podSelector": {"matchLabels": {"app": "near"}}, "policyTypes": ["Egress"]})
+    wait_for("near's egress policy to drop its way to far", lambda: blocked("near", far_ip), timeout=30)
+    assert not blocked("far", near_ip), "far -> near needs no egress of near's"
     kc.run("delete", "namespace", ns, "--wait=false")
 
 

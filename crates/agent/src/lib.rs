@@ -22,6 +22,7 @@ pub mod paths;
 mod pods;
 mod probes;
 mod quantity;
+mod routes;
 mod service_env;
 mod volumes;
 mod worker;
@@ -258,6 +259,19 @@ pub async fn run(
             None
         }
     };
+    // Pods of other nodes by their IPs: only where pods have a network of their own.
+    let routes = ctx.runtime.capabilities().namespaces.then(|| {
+        tokio::spawn(
+            routes::NodeRoutes {
+                client: client.clone(),
+                node_name: cfg.node_name.clone(),
+                pod_cidr: pod_cidr.clone(),
+                node_ip,
+                bridge: cfg.bridge.clone(),
+            }
+            .run(stop_rx.clone()),
+        )
+    });
     let lease = tokio::spawn(reg().lease_loop(stop_rx.clone()));
     let status = tokio::spawn(reg().status_loop(status, stop_rx.clone()));
     pods::run(ctx, stop_rx).await;
@@ -266,6 +280,9 @@ pub async fn run(
         let _ = k.await;
     }
     let _ = status.await;
+    if let Some(r) = routes {
+        let _ = r.await;
+    }
     services_task.abort();
     Ok(())
 }

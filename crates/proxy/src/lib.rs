@@ -146,6 +146,14 @@ pub async fn run(
     let mut retry_in = BIND_RETRY;
     let mut rebuild = true;
     let mut fe = table_tx.borrow().clone();
+    // The packet rules guard the pod ranges of other nodes that this node routes to (the
+    // agent adds those routes as Nodes come and go): a change of them rebuilds the rules.
+    let mut route_changes = cfg.bridge.as_ref().and_then(|_| {
+        corral_runtime::node_routes::RouteChanges::open()
+            .map_err(|e| tracing::debug!(error = %e, "not watching routes"))
+            .ok()
+    });
+    let mut routed = corral_runtime::node_routes::routed_pod_ranges().unwrap_or_default();
     loop {
         if rebuild {
             let view = views.borrow_and_update().clone();
@@ -196,6 +204,21 @@ pub async fn run(
             r = views.changed() => {
                 if r.is_err() { break }
                 rebuild = true;
+            }
+            r = async { route_changes.as_mut().expect("guarded").next().await }, if route_changes.is_some() => {
+                match r {
+                    Ok(()) => {
+                        let now = corral_runtime::node_routes::routed_pod_ranges().unwrap_or_default();
+                        if now != routed {
+                            routed = now;
+                            rebuild = true;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "watching routes failed; other nodes' pod ranges are read at the next change");
+                        route_changes = None;
+                    }
+                }
             }
             _ = tokio::time::sleep(retry_in), if retry => {
                 rebuild = false;

@@ -14,6 +14,7 @@ mod init;
 pub mod local_address;
 mod netlink;
 mod network;
+pub mod node_routes;
 mod runtime;
 pub mod shim;
 mod spec;

@@ -13,9 +13,13 @@ const RTM_GETLINK: u16 = 18;
 const RTM_NEWADDR: u16 = 20;
 const RTM_DELADDR: u16 = 21;
 const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
+const RTM_GETROUTE: u16 = 26;
 
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
+const NLM_F_REPLACE: u16 = 0x100;
+const NLM_F_DUMP: u16 = 0x300;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 
@@ -32,8 +36,11 @@ const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_BROADCAST: u16 = 4;
 
+const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
+const RTA_TABLE: u16 = 15;
+const RT_TABLE_MAIN: u8 = 254;
 
 const IFF_UP: u32 = 1;
 
@@ -161,6 +168,12 @@ impl Netlink {
     /// Sends one request and returns the payload of the reply message, if any, once the
     /// kernel acknowledged it.
     fn request(&mut self, msg: &mut Msg) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.request_all(msg)?.pop())
+    }
+
+    /// Sends one request and returns the payloads of every reply message (a dump has
+    /// many) once the kernel acknowledged it or ended the dump.
+    fn request_all(&mut self, msg: &mut Msg) -> io::Result<Vec<Vec<u8>>> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let bytes = msg.finish(seq);
@@ -175,7 +188,7 @@ impl Netlink {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut reply = None;
+        let mut replies = Vec::new();
         loop {
             let n = unsafe {
                 libc::recv(
@@ -209,13 +222,13 @@ impl Netlink {
                         NLMSG_ERROR => {
                             let code = i32::from_ne_bytes(payload[0..4].try_into().unwrap());
                             return if code == 0 {
-                                Ok(reply)
+                                Ok(replies)
                             } else {
                                 Err(errno(-code))
                             };
                         }
-                        NLMSG_DONE => return Ok(reply),
-                        _ => reply = Some(payload.to_vec()),
+                        NLMSG_DONE => return Ok(replies),
+                        _ => replies.push(payload.to_vec()),
                     }
                 }
                 data = &data[align4(len).min(data.len())..];
@@ -336,4 +349,128 @@ impl Netlink {
             .attr_u32(RTA_OIF, index as u32);
         self.request(&mut m).map(drop)
     }
+
+    /// The name of the link with `index`, or None.
+    pub fn link_name(&mut self, index: i32) -> io::Result<Option<String>> {
+        let mut m = Msg::new(RTM_GETLINK, 0);
+        m.ifinfo(index, 0, 0);
+        let p = match self.request(&mut m) {
+            Ok(Some(p)) if p.len() >= 16 => p,
+            Ok(_) => return Ok(None),
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let name = attrs(&p[16..])
+            .find(|(ty, _)| *ty == IFLA_IFNAME)
+            .map(|(_, v)| {
+                String::from_utf8_lossy(v.split(|b| *b == 0).next().unwrap_or(v)).into_owned()
+            });
+        Ok(name)
+    }
+
+    /// Adds, or replaces, the main table's route to `dst/prefix` via `gateway`, marked with
+    /// `protocol` so the routes of their owner can be told from everyone else's.
+    pub fn replace_route(
+        &mut self,
+        dst: Ipv4Addr,
+        prefix: u8,
+        gateway: Ipv4Addr,
+        protocol: u8,
+    ) -> io::Result<()> {
+        let mut m = Msg::new(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE);
+        // rtmsg: family, dst_len, src_len, tos, table, protocol, scope (universe),
+        // type (unicast), flags.
+        m.bytes(&[
+            libc::AF_INET as u8,
+            prefix,
+            0,
+            0,
+            RT_TABLE_MAIN,
+            protocol,
+            0,
+            1,
+        ])
+        .bytes(&0u32.to_ne_bytes())
+        .attr(RTA_DST, &dst.octets())
+        .attr(RTA_GATEWAY, &gateway.octets());
+        self.request(&mut m).map(drop)
+    }
+
+    /// Deletes the main table's route to `dst/prefix` made with `protocol`.
+    pub fn delete_route(&mut self, dst: Ipv4Addr, prefix: u8, protocol: u8) -> io::Result<()> {
+        let mut m = Msg::new(RTM_DELROUTE, 0);
+        // Scope "nowhere" matches a route of any scope, as `ip route del` does.
+        m.bytes(&[
+            libc::AF_INET as u8,
+            prefix,
+            0,
+            0,
+            RT_TABLE_MAIN,
+            protocol,
+            255,
+            1,
+        ])
+        .bytes(&0u32.to_ne_bytes())
+        .attr(RTA_DST, &dst.octets());
+        self.request(&mut m).map(drop)
+    }
+
+    /// The main table's IPv4 routes made with `protocol`: (destination, prefix, gateway).
+    pub fn routes(&mut self, protocol: u8) -> io::Result<Vec<(Ipv4Addr, u8, Option<Ipv4Addr>)>> {
+        let mut m = Msg::new(RTM_GETROUTE, NLM_F_DUMP);
+        m.bytes(&[libc::AF_INET as u8, 0, 0, 0, 0, 0, 0, 0])
+            .bytes(&0u32.to_ne_bytes());
+        let mut out = Vec::new();
+        for p in self.request_all(&mut m)? {
+            if p.len() < 12 || p[0] != libc::AF_INET as u8 || p[5] != protocol {
+                continue;
+            }
+            let mut table = p[4] as u32;
+            let (mut dst, mut gw) = (Ipv4Addr::UNSPECIFIED, None);
+            for (ty, v) in attrs(&p[12..]) {
+                match (ty, v.len()) {
+                    (RTA_DST, 4) => dst = Ipv4Addr::new(v[0], v[1], v[2], v[3]),
+                    (RTA_GATEWAY, 4) => gw = Some(Ipv4Addr::new(v[0], v[1], v[2], v[3])),
+                    (RTA_TABLE, 4) => table = u32::from_ne_bytes(v.try_into().unwrap()),
+                    _ => {}
+                }
+            }
+            if table == RT_TABLE_MAIN as u32 {
+                out.push((dst, p[1], gw));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The index of the interface the kernel would send a packet to `to` through.
+    pub fn route_oif(&mut self, to: Ipv4Addr) -> io::Result<Option<i32>> {
+        let mut m = Msg::new(RTM_GETROUTE, 0);
+        m.bytes(&[libc::AF_INET as u8, 32, 0, 0, 0, 0, 0, 0])
+            .bytes(&0u32.to_ne_bytes())
+            .attr(RTA_DST, &to.octets());
+        let Some(p) = self.request(&mut m)? else {
+            return Ok(None);
+        };
+        let oif = attrs(p.get(12..).unwrap_or_default())
+            .find(|(ty, v)| *ty == RTA_OIF && v.len() == 4)
+            .map(|(_, v)| i32::from_ne_bytes(v.try_into().unwrap()));
+        Ok(oif)
+    }
+}
+
+/// The (type, value) attributes of a netlink message's attribute area.
+fn attrs(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if data.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
+        let ty = u16::from_ne_bytes([data[2], data[3]]) & 0x3fff;
+        if len < 4 || len > data.len() {
+            return None;
+        }
+        let value = &data[4..len];
+        data = &data[align4(len).min(data.len())..];
+        Some((ty, value))
+    })
 }

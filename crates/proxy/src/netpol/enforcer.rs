@@ -224,7 +224,8 @@ impl Enforcer {
 }
 
 /// The node's side of the rules: the bridge's IPv4 addresses (the gateway pods see the
-/// node as, and the pod network behind it) and the node's own address.
+/// node as, and the pod network behind it), the other nodes' pod ranges this node routes
+/// to, and the node's own address.
 pub fn local_net(
     bridge: Option<&str>,
     node_ip: std::net::IpAddr,
@@ -279,6 +280,9 @@ pub fn local_net(
     }
     // SAFETY: the list from getifaddrs above, freed once.
     unsafe { libc::freeifaddrs(ifap) };
+    for (addr, len) in corral_runtime::node_routes::routed_pod_ranges().unwrap_or_default() {
+        local.pod_nets.push(super::Ipv4Net::new(addr, len));
+    }
     local
 }
 

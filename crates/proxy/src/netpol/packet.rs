@@ -25,6 +25,10 @@
 //!   passes; TCP SYNs and UDP/SCTP to the node's pod network or to the cluster DNS address
 //!   drop. Other destinations are Service addresses (the proxy judges them) or outside
 //!   the cluster, which pods cannot reach anyway (nothing routes or NATs them out).
+//!
+//! "The pod network" is every pod range a pod can reach past the proxy: the node's own
+//! bridge network and the ranges of other nodes that it routes to (host-gw), so a policy
+//! judges a pod of another node by its address just as a local one.
 
 use super::{Direction, NetPolicies, Peer, Policy, PortMatch, Rule};
 use crate::mesh::peerauth::PeerAuthn;
@@ -95,7 +99,8 @@ pub enum Hook {
 pub struct Local {
     /// The node's addresses that pods see traffic from: the bridge gateway, the node IP.
     pub host: Vec<Ipv4Addr>,
-    /// The pod networks on the node's bridge.
+    /// The pod networks: the one on the node's bridge and the other nodes' ranges it
+    /// routes to (pods reach those directly by IP, past the proxy).
     pub pod_nets: Vec<Ipv4Net>,
     pub cluster_dns: Option<Ipv4Addr>,
 }
