@@ -64,6 +64,21 @@ impl Identities {
         Ok(self.get(&self.node.clone()).await?.server.clone())
     }
 
+    /// Forgets the certificates of identities `keep` refuses (the node's own is always
+    /// kept), so the service accounts of pods long gone do not pile up.
+    pub fn retain(&self, keep: impl Fn(&SpiffeId) -> bool) {
+        let node = &self.node;
+        self.held
+            .lock()
+            .unwrap()
+            .retain(|id, _| id == node || keep(id));
+    }
+
+    /// How many identities hold a certificate (for tests).
+    pub fn held(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+
     fn valid(&self, id: &SpiffeId) -> Option<Arc<Held>> {
         let held = self.held.lock().unwrap();
         held.get(id).filter(|h| !h.cred.due()).cloned()

@@ -134,8 +134,18 @@ impl Mesh {
         }
     }
 
-    /// Takes the pods of a new configuration.
+    /// Takes the pods of a new configuration, and forgets the certificates and tunnel
+    /// connections of service accounts no pod of this node runs as any more.
     pub fn set_pods(&self, pods: Arc<PodsByIp>) {
+        let local: std::collections::HashSet<SpiffeId> = pods
+            .values()
+            .filter(|p| p.node_name.as_deref() == Some(&self.node_name))
+            .map(|p| SpiffeId::workload(self.ids.trust_domain(), &p.namespace, &p.service_account))
+            .collect();
+        let node = self.ids.node();
+        let keep = |id: &SpiffeId| id == node || local.contains(id);
+        self.ids.retain(keep);
+        self.pool.lock().unwrap().retain(|(_, id), _| keep(id));
         *self.pods.lock().unwrap() = pods;
     }
 
@@ -632,6 +642,44 @@ mod tests {
             .dial(&view_a, "127.0.0.9".parse().unwrap(), web, true)
             .await
             .is_ok());
+
+        // The tunnel speaks CONNECT to ip:port only.
+        let via = SocketAddr::from(([127, 0, 0, 1], port));
+        let sender = a.sender("node-b", via, a.ids.node()).await.unwrap();
+        let status = |method: http::Method, uri: &str| {
+            let mut sender = sender.clone();
+            let req = http::Request::builder()
+                .method(method)
+                .uri(uri)
+                .body(Empty::new())
+                .unwrap();
+            async move { sender.send_request(req).await.unwrap().status() }
+        };
+        assert_eq!(
+            status(http::Method::GET, "https://127.0.0.2/").await,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            status(http::Method::CONNECT, "web.shop:80").await,
+            StatusCode::BAD_REQUEST
+        );
+
+        // Once no pod of node A runs as `client`, its certificate and tunnel connections
+        // are forgotten (the node's own stay); a new such pod gets them again.
+        assert_eq!(a.ids.held(), 2);
+        a.set_pods(Arc::new([server_pod.clone()].into_iter().collect()));
+        assert_eq!(a.ids.held(), 1);
+        assert!(a
+            .pool
+            .lock()
+            .unwrap()
+            .keys()
+            .all(|(_, id)| id == a.ids.node()));
+        a.set_pods(Arc::new(
+            [client.clone(), server_pod.clone()].into_iter().collect(),
+        ));
+        assert!(a.dial(&view_a, client.0, web, true).await.is_ok());
+        assert_eq!(a.ids.held(), 2);
     }
 
     #[tokio::test]
