@@ -205,13 +205,24 @@ fn verb_and_resource(req: &Request<Body>) -> (&'static str, String) {
     (verb, resource)
 }
 
+/// Marks a streamed response that may be gzipped as it goes (a big list); other streams
+/// (watch) pass through untouched, as upstream.
+#[derive(Clone, Copy, Debug)]
+pub struct CompressibleStream;
+
 /// Like upstream, gzip complete responses over 128 KiB for clients that accept it (big
-/// lists); streams (watch) have no known size and pass through untouched.
+/// lists), and streamed lists as they are written.
 async fn compress(resp: Response) -> Response {
     use axum::body::HttpBody;
     const MIN: u64 = 128 * 1024;
+    if resp.headers().contains_key(header::CONTENT_ENCODING) {
+        return resp;
+    }
+    if resp.extensions().get::<CompressibleStream>().is_some() {
+        return compress_stream(resp);
+    }
     let big = resp.body().size_hint().exact().is_some_and(|n| n >= MIN);
-    if !big || resp.headers().contains_key(header::CONTENT_ENCODING) {
+    if !big {
         return resp;
     }
     let (mut parts, body) = resp.into_parts();
@@ -235,6 +246,47 @@ async fn compress(resp: Response) -> Response {
         }
         _ => ApiError::internal("failed to compress response").into_response(),
     }
+}
+
+/// Gzips a streamed body chunk by chunk: what the encoder has produced goes out once it
+/// holds 64 KiB, the rest at the end; an error in the source cuts the stream.
+fn compress_stream(resp: Response) -> Response {
+    use futures::StreamExt;
+    use std::io::Write;
+    let (mut parts, body) = resp.into_parts();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
+    tokio::spawn(async move {
+        let mut source = body.into_data_stream();
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        while let Some(chunk) = source.next().await {
+            let written = chunk
+                .map_err(std::io::Error::other)
+                .and_then(|c| enc.write_all(&c));
+            if let Err(e) = written {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+            if enc.get_ref().len() >= 64 * 1024 {
+                let out = std::mem::take(enc.get_mut());
+                if tx.send(Ok(out.into())).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let _ = match enc.finish() {
+            Ok(rest) => tx.send(Ok(rest.into())).await,
+            Err(e) => tx.send(Err(e)).await,
+        };
+    });
+    parts.headers.insert(
+        header::CONTENT_ENCODING,
+        header::HeaderValue::from_static("gzip"),
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(
+        parts,
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
 }
 
 fn text(code: u16, s: &'static str) -> Response {

@@ -26,6 +26,20 @@ pub use types::{
 };
 pub use watch::WatchStream;
 
+/// A range read in chunks from one snapshot: see [`Store::range_chunks`].
+pub struct RangeChunks {
+    /// The snapshot's revision.
+    pub revision: Revision,
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<KeyValue>, Error>>,
+}
+
+impl RangeChunks {
+    /// The next chunk in key order; None after the last.
+    pub async fn next(&mut self) -> Option<Result<Vec<KeyValue>, Error>> {
+        self.rx.recv().await
+    }
+}
+
 /// Handle to an open store. Cheap to clone; all clones share one backend.
 #[derive(Clone)]
 pub struct Store {
@@ -125,6 +139,46 @@ impl Store {
         limit: usize,
     ) -> Result<RangeResult, Error> {
         dispatch!(self, b => b.range(start, end, limit).await)
+    }
+
+    /// The latest values of keys in `[start, end)` from one consistent snapshot (its
+    /// revision is the result's), handed out `chunk` at a time as the caller takes them:
+    /// reading a huge range never holds all of it in memory. Dropping the result stops
+    /// the reading.
+    pub async fn range_chunks(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        chunk: usize,
+    ) -> Result<RangeChunks, Error> {
+        match &self.backend {
+            Backend::Embedded(b) => b.range_chunks(start, end, chunk).await,
+            #[cfg(feature = "etcd")]
+            Backend::Etcd(_) => {
+                // etcd reads at a revision natively: page through it at the first page's.
+                let first = self.range(start, end, chunk).await?;
+                let revision = first.revision;
+                let (tx, rx) = tokio::sync::mpsc::channel(2);
+                let store = self.clone();
+                let end = end.to_vec();
+                tokio::spawn(async move {
+                    let mut page = first;
+                    loop {
+                        let next = page.more.then(|| page.kvs.last().map(|kv| kv.key.clone()));
+                        if tx.send(Ok(page.kvs)).await.is_err() {
+                            return;
+                        }
+                        let Some(Some(mut start)) = next else { return };
+                        start.push(0);
+                        page = match store.range_at(&start, &end, chunk, revision).await {
+                            Ok(p) => p,
+                            Err(e) => return drop(tx.send(Err(e)).await),
+                        };
+                    }
+                });
+                Ok(RangeChunks { revision, rx })
+            }
+        }
     }
 
     /// Number of keys in `[start, end)`.

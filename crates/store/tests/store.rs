@@ -165,6 +165,36 @@ async fn range_limit_more_and_count(h: Harness) {
 }
 on_both!(range_limit_more_and_count);
 
+async fn a_range_read_in_chunks_is_one_snapshot(h: Harness) {
+    let s = h.open(Opts::default()).await;
+    for i in 0..150 {
+        let k = format!("/c/{i:03}");
+        s.put(k.as_bytes(), b(&k), Compare::Any).await.unwrap();
+    }
+    s.put(b"/d/outside", b("x"), Compare::Any).await.unwrap();
+    let end = prefix_end(b"/c/");
+    let then = s.range(b"/c/", &end, 0).await.unwrap();
+    // Writes after the read began do not show in it, however the chunks are paced.
+    let (revision, sizes, kvs) = s
+        .range_chunks(b"/c/", &end, 64, async {
+            s.put(b"/c/000", b("changed"), Compare::Any).await.unwrap();
+            s.delete(b"/c/001", Compare::Any).await.unwrap();
+            s.put(b"/c/9999", b("new"), Compare::Any).await.unwrap();
+        })
+        .await
+        .unwrap();
+    assert_eq!(revision, then.revision);
+    assert_eq!(sizes, vec![64, 64, 22]);
+    assert_eq!(kvs, then.kvs);
+    let (_, sizes, kvs) = s
+        .range_chunks(b"/e/", &prefix_end(b"/e/"), 64, async {})
+        .await
+        .unwrap();
+    assert!(sizes.is_empty() && kvs.is_empty());
+    s.close().await;
+}
+on_both!(a_range_read_in_chunks_is_one_snapshot);
+
 async fn range_at_a_past_revision(h: Harness) {
     let s = h.open(Opts::default()).await;
     for k in ["/p/b", "/p/d", "/p/f", "/q/x"] {

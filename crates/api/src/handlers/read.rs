@@ -213,6 +213,10 @@ pub async fn list(
             } else {
                 (res.list_kind.clone(), res.api_version())
             };
+            let cont = q.get("continue").filter(|c| !c.is_empty());
+            if limit == 0 && cont.is_none() {
+                return stream_list(st, res, ns, filter, partial, &kind, &av).await;
+            }
             let mut out = Vec::with_capacity(4096);
             // Items are encoded as they are read; the list's metadata goes last in the text
             // because its resourceVersion and continue token are known only at the end.
@@ -225,17 +229,10 @@ pub async fn list(
                 .as_bytes(),
             );
             let mut first = true;
-            let (rev, token) =
-                list_each(st, res, ns, &filter, limit, q.get("continue"), &mut |obj| {
-                    if !first {
-                        out.push(b',');
-                    }
-                    first = false;
-                    let v = if partial { partial_metadata(&obj) } else { obj };
-                    serde_json::to_writer(&mut out, &v)
-                        .map_err(|e| ApiError::internal(format!("encoding list: {e}")))
-                })
-                .await?;
+            let (rev, token) = list_each(st, res, ns, &filter, limit, cont, &mut |obj| {
+                encode_item(&mut out, &mut first, obj, partial)
+            })
+            .await?;
             let mut meta = json!({"resourceVersion": rev.to_string()});
             if let Some(c) = token {
                 meta["continue"] = json!(c);
@@ -249,4 +246,115 @@ pub async fn list(
                 .into_response())
         }
     }
+}
+
+/// Objects per chunk of an unpaginated list read from the store.
+const LIST_CHUNK: usize = 500;
+/// Bytes of encoded items gathered before they are handed to the connection.
+const LIST_FLUSH: usize = 64 * 1024;
+
+/// Appends one list item (or its metadata only) to `out`, after a comma unless first.
+fn encode_item(out: &mut Vec<u8>, first: &mut bool, obj: Value, partial: bool) -> ApiResult<()> {
+    if !*first {
+        out.push(b',');
+    }
+    *first = false;
+    let v = if partial { partial_metadata(&obj) } else { obj };
+    serde_json::to_writer(out, &v).map_err(|e| ApiError::internal(format!("encoding list: {e}")))
+}
+
+/// Encodes the matching objects of one chunk of key-values into `out`.
+fn encode_chunk(
+    out: &mut Vec<u8>,
+    first: &mut bool,
+    res: &Resource,
+    filter: &Filter,
+    kvs: &[corral_store::KeyValue],
+    partial: bool,
+) -> ApiResult<()> {
+    for kv in kvs {
+        let obj = storage::decode(res, kv)?;
+        if filter.matches(&obj) {
+            encode_item(out, first, obj, partial)?;
+        }
+    }
+    Ok(())
+}
+
+/// An unpaginated list, streamed: the store hands out one snapshot in chunks and the
+/// response body is written as they are encoded, so listing 100,000 objects holds a few
+/// chunks in memory, not the whole list twice (decoded and encoded). The first chunk is
+/// done before the answer starts, so a small list (and any error in its first chunk)
+/// answers exactly as before; an error later can only cut the body short, which the
+/// client sees as a broken response.
+async fn stream_list(
+    st: &Shared,
+    res: &Resource,
+    ns: Option<&str>,
+    filter: Filter,
+    partial: bool,
+    kind: &str,
+    api_version: &str,
+) -> ApiResult<Response> {
+    let prefix = storage::prefix(res, ns);
+    let end = storage::prefix_end(&prefix);
+    let mut chunks = st.store.range_chunks(&prefix, &end, LIST_CHUNK).await?;
+    // The revision is known up front here, so the list's metadata leads, as in Kubernetes.
+    let mut out = format!(
+        "{{\"kind\":{},\"apiVersion\":{},\"metadata\":{{\"resourceVersion\":\"{}\"}},\"items\":[",
+        json!(kind),
+        json!(api_version),
+        chunks.revision
+    )
+    .into_bytes();
+    let mut first = true;
+    if let Some(kvs) = chunks.next().await {
+        encode_chunk(&mut out, &mut first, res, &filter, &kvs?, partial)?;
+    }
+    let more = match chunks.next().await {
+        Some(kvs) => Some(kvs?),
+        None => None,
+    };
+    let Some(second) = more else {
+        out.extend_from_slice(b"]}");
+        return Ok((
+            axum::http::StatusCode::OK,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            out,
+        )
+            .into_response());
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
+    let res = res.clone();
+    tokio::spawn(async move {
+        let mut next = Some(Ok(second));
+        while let Some(kvs) = next {
+            let encoded = kvs
+                .map_err(crate::error::ApiError::from)
+                .and_then(|kvs| encode_chunk(&mut out, &mut first, &res, &filter, &kvs, partial));
+            if let Err(e) = encoded {
+                tracing::warn!(error = %e, "list cut short");
+                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                return;
+            }
+            if out.len() >= LIST_FLUSH {
+                let ready = std::mem::replace(&mut out, Vec::with_capacity(LIST_FLUSH * 2));
+                if tx.send(Ok(ready.into())).await.is_err() {
+                    return; // the client went away: dropping `chunks` ends the read
+                }
+            }
+            next = chunks.next().await;
+        }
+        out.extend_from_slice(b"]}");
+        let _ = tx.send(Ok(out.into())).await;
+    });
+    let mut resp = (
+        axum::http::StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx)),
+    )
+        .into_response();
+    resp.extensions_mut()
+        .insert(crate::server::CompressibleStream);
+    Ok(resp)
 }

@@ -166,6 +166,43 @@ impl Embedded {
             .await
     }
 
+    /// See [`crate::Store::range_chunks`]: one read transaction on a blocking thread
+    /// produces the chunks as the reader takes them (redb's MVCC keeps the snapshot while
+    /// writes go on).
+    pub async fn range_chunks(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        chunk: usize,
+    ) -> Result<crate::RangeChunks, Error> {
+        let db = self.with_live(|l| Ok(l.db.clone()))?;
+        let (start, end) = (start.to_vec(), end.to_vec());
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let (rev_tx, rev_rx) = oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let txn = match db.begin_read() {
+                Ok(t) => t,
+                Err(e) => return drop(rev_tx.send(Err(Error::from(e)))),
+            };
+            match read::meta(&txn) {
+                Ok((revision, _)) => {
+                    if rev_tx.send(Ok(revision)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => return drop(rev_tx.send(Err(e))),
+            }
+            let sent = read::range_chunked(&txn, &start, &end, chunk, |kvs| {
+                tx.blocking_send(Ok(kvs)).is_ok()
+            });
+            if let Err(e) = sent {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        let revision = rev_rx.await.map_err(|_| Error::Closed)??;
+        Ok(crate::RangeChunks { revision, rx })
+    }
+
     pub async fn count(&self, start: &[u8], end: &[u8]) -> Result<u64, Error> {
         let (start, end) = (start.to_vec(), end.to_vec());
         self.read(move |txn| read::count(txn, &start, &end)).await

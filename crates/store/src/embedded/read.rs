@@ -58,6 +58,34 @@ pub(crate) fn range(
     })
 }
 
+/// Every key-value in `[start, end)` of this snapshot, handed to `sink` at most `chunk` at a
+/// time, in key order, until it returns false (its reader went away).
+pub(crate) fn range_chunked(
+    txn: &ReadTransaction,
+    start: &[u8],
+    end: &[u8],
+    chunk: usize,
+    mut sink: impl FnMut(Vec<KeyValue>) -> bool,
+) -> Result<(), Error> {
+    if !end.is_empty() && start >= end {
+        return Ok(());
+    }
+    let chunk = chunk.max(1);
+    let t = txn.open_table(KV)?;
+    let mut kvs = Vec::with_capacity(chunk);
+    for item in t.range::<&[u8]>(bounds(start, end))? {
+        let (k, v) = item?;
+        kvs.push(codec::decode_kv(k.value(), v.value())?);
+        if kvs.len() == chunk && !sink(std::mem::replace(&mut kvs, Vec::with_capacity(chunk))) {
+            return Ok(());
+        }
+    }
+    if !kvs.is_empty() {
+        sink(kvs);
+    }
+    Ok(())
+}
+
 /// The keys in `[start, end)` as they were at revision `at` (at most `limit`), read from
 /// the current state with every later change in the range undone from the log: what a
 /// paginated list needs so that all its pages show one point in time, as etcd gives it.

@@ -279,6 +279,29 @@ impl TStore {
         Ok(r)
     }
 
+    /// All chunks of a `range_chunks` read, collected: (revision, chunk sizes, key-values).
+    /// `between` runs after the snapshot was taken and before the chunks are read.
+    pub async fn range_chunks(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        chunk: usize,
+        between: impl std::future::Future<Output = ()>,
+    ) -> Result<(Revision, Vec<usize>, Vec<KeyValue>), Error> {
+        let mut r = self
+            .inner
+            .range_chunks(&self.k(start), &self.end(end), chunk)
+            .await?;
+        between.await;
+        let (mut sizes, mut kvs) = (Vec::new(), Vec::new());
+        while let Some(c) = r.next().await {
+            let c = c?;
+            sizes.push(c.len());
+            kvs.extend(c.into_iter().map(|kv| self.strip(kv)));
+        }
+        Ok((r.revision, sizes, kvs))
+    }
+
     pub async fn count(&self, start: &[u8], end: &[u8]) -> Result<u64, Error> {
         self.inner.count(&self.k(start), &self.end(end)).await
     }
