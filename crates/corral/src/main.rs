@@ -428,6 +428,35 @@ fn in_process_client(router: axum::Router) -> kube::Client {
     kube::Client::new(svc, "default")
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc commits its arenas eagerly where the OS overcommits (Linux) and then keeps
+/// freed pages resident: that was ~25 MB more idle RSS than glibc. Committing on demand
+/// gives memory back, at no measured cost in speed. It must be set before the first
+/// allocation reserves the first arena, so this runs as a constructor: after mimalloc's
+/// own (priority 101, which reads the MIMALLOC_* environment) and before Rust's runtime
+/// starts allocating; a MIMALLOC_ARENA_EAGER_COMMIT in the environment still wins.
+#[used]
+#[link_section = ".init_array"]
+static CONFIGURE_ALLOCATOR: extern "C" fn() = configure_allocator;
+
+extern "C" fn configure_allocator() {
+    /// `mi_option_arena_eager_commit` in mimalloc.h's `mi_option_e` (mimalloc 3.3).
+    const ARENA_EAGER_COMMIT: std::ffi::c_int = 4;
+    extern "C" {
+        fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+        fn getenv(name: *const std::ffi::c_char) -> *mut std::ffi::c_char;
+    }
+    // SAFETY: runs single-threaded before main; getenv reads a NUL-terminated literal and
+    // allocates nothing, mi_option_set only stores the value.
+    unsafe {
+        if getenv(c"MIMALLOC_ARENA_EAGER_COMMIT".as_ptr()).is_null() {
+            mi_option_set(ARENA_EAGER_COMMIT, 0);
+        }
+    }
+}
+
 fn main() -> Result<()> {
     // The shim forks and detaches: it must run before any thread (tokio's) exists.
     if std::env::args().nth(1).as_deref() == Some("shim") {
