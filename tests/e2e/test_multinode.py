@@ -440,6 +440,45 @@ def test_pods_reach_each_other_across_nodes_by_pod_ip(cluster):
     kc.run("delete", "namespace", ns, "--wait=false")
 
 
+def test_external_traffic_policy_local_answers_only_on_nodes_with_endpoints(cluster):
+    """A NodePort Service with externalTrafficPolicy: Local is served by the nodes that
+    run one of its pods (no second hop, the client's address kept); another node answers
+    503 instead of forwarding. With Cluster, both nodes answer."""
+    import urllib.error
+    import urllib.request
+
+    kc, a = cluster.kc, cluster.agent
+    ns = "mn-etp"
+    wait_for("the joined node", lambda: node_ready(kc, a.node_name) == "True", timeout=60)
+    kc.run("create", "namespace", ns)
+    kc.run("apply", "-n", ns, "-f", "-", input=json.dumps(pinned_pod("only-there", a.node_name)))
+    svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "only-there"},
+           "spec": {"type": "NodePort", "externalTrafficPolicy": "Local", "selector": {"app": "only-there"},
+                    "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
+    kc.run("apply", "-n", ns, "-f", "-", input=json.dumps(svc))
+    wait_for("the pod", lambda: running(kc, ns, "only-there"), timeout=90)
+    port = kc.json("get", "service", "only-there", "-n", ns)["spec"]["ports"][0]["nodePort"]
+
+    def status_on_server_node():
+        try:
+            with urllib.request.urlopen(f"http://{cluster.netns.host_ip}:{port}/", timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    def body_on_joined_node():
+        code = f"import urllib.request;print(urllib.request.urlopen('http://{cluster.netns.ns_ip}:{port}/', timeout=5).read().decode())"
+        out = subprocess.run(cluster.netns.cmd("python3", "-c", code), capture_output=True, text=True, timeout=30)
+        return out.stdout if "web v1" in out.stdout else None
+
+    wait_for("the joined node, which runs the pod, to answer", body_on_joined_node, timeout=30)
+    wait_for("the server's node, which runs none, to answer 503", lambda: status_on_server_node() == 503, timeout=30)
+    kc.run("patch", "service", "only-there", "-n", ns, "-p", '{"spec":{"externalTrafficPolicy":"Cluster"}}')
+    wait_for("the server's node to forward once the policy is Cluster", lambda: status_on_server_node() == 200,
+             timeout=30)
+    kc.run("delete", "namespace", ns, "--wait=false")
+
+
 def test_the_mesh_certificate_endpoint_refuses_what_a_node_may_not_have(cluster, tmp_path):
     """POST /corral/v1/mesh-certificate with a join token: an identity of a service
     account no pod runs as, or of another trust domain, is refused (403); a body that is

@@ -203,6 +203,8 @@ impl Frontends {
 /// Where this node answers NodePorts and LoadBalancer ports.
 #[derive(Clone, Debug)]
 pub struct NodeAddrs {
+    /// This node's name: traffic policy `Local` keeps to its endpoints.
+    pub node_name: String,
     pub node_ip: IpAddr,
     /// Addresses not proxied (the cluster DNS address, answered by the DNS server).
     pub skip: Vec<IpAddr>,
@@ -248,6 +250,55 @@ impl Frontends {
         }
     }
 
+    /// One Service port's frontends at `listens`, each reusing the previous one when
+    /// nothing it serves changed (so ClientIP affinity and the round-robin position
+    /// carry over).
+    #[allow(clippy::too_many_arguments)]
+    fn add_service_listens(
+        &mut self,
+        svc: &ServiceInfo,
+        port: &crate::view::ServicePort,
+        app: AppProtocol,
+        listens: Vec<SocketAddr>,
+        backends: Vec<Backend>,
+        routes: Option<Arc<Vec<crate::mesh::routing::Route>>>,
+        previous: &Frontends,
+    ) {
+        for addr in listens {
+            let listen = Listen {
+                addr,
+                protocol: port.protocol,
+            };
+            let fe = match previous.by_listen.get(&listen) {
+                Some(old)
+                    if routes.is_none()
+                        && old.service == svc.key
+                        && old.port_name == port.name
+                        && old.app == app
+                        && old.backends == backends
+                        && old.affinity.as_ref().map(|a| a.timeout) == svc.affinity =>
+                {
+                    old.clone()
+                }
+                _ => Arc::new(Frontend {
+                    service: svc.key.clone(),
+                    port_name: port.name.clone(),
+                    app,
+                    service_port: port.port,
+                    routes: routes.clone(),
+                    backends: backends.clone(),
+                    affinity: svc.affinity.map(|timeout| Affinity {
+                        timeout,
+                        clients: Mutex::new(HashMap::new()),
+                    }),
+                    next: AtomicUsize::new(0),
+                }),
+            };
+            // Two Services claiming one node port: the first (by name) keeps it.
+            self.by_listen.entry(listen).or_insert(fe);
+        }
+    }
+
     /// Derives the frontends from a view. `previous` carries ClientIP affinity and the
     /// round-robin position over for frontends whose backends did not change.
     pub fn build(view: &ClusterView, node: &NodeAddrs, previous: &Frontends) -> Frontends {
@@ -265,58 +316,39 @@ impl Frontends {
                 if port.protocol == Protocol::Sctp {
                     continue;
                 }
-                let backends = backends(svc, &port.name, port.protocol);
                 let app = AppProtocol::of(port);
-                let routes = (app != AppProtocol::Tcp).then(|| compiler.routes(svc, port.port));
-                let mut listens = Vec::new();
+                let mut internal = Vec::new();
                 for ip in &svc.cluster_ips {
                     if let IpAddr::V4(v4) = ip {
                         out.local_ips.insert(*v4);
-                        listens.push(SocketAddr::new(*ip, port.port));
+                        internal.push(SocketAddr::new(*ip, port.port));
                     }
                 }
+                let mut external = Vec::new();
                 if matches!(svc.kind, ServiceType::NodePort | ServiceType::LoadBalancer) {
                     if let Some(np) = port.node_port {
-                        listens.push(SocketAddr::new(node.node_ip, np));
-                        listens.push(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), np));
+                        external.push(SocketAddr::new(node.node_ip, np));
+                        external.push(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), np));
                     }
                 }
                 if svc.kind == ServiceType::LoadBalancer {
                     // As k3s' ServiceLB: the Service's own port on the node's address.
-                    listens.push(SocketAddr::new(node.node_ip, port.port));
+                    external.push(SocketAddr::new(node.node_ip, port.port));
                 }
-                for addr in listens {
-                    let listen = Listen {
-                        addr,
-                        protocol: port.protocol,
-                    };
-                    let fe = match previous.by_listen.get(&listen) {
-                        Some(old)
-                            if routes.is_none()
-                                && old.service == svc.key
-                                && old.port_name == port.name
-                                && old.app == app
-                                && old.backends == backends
-                                && old.affinity.as_ref().map(|a| a.timeout) == svc.affinity =>
-                        {
-                            old.clone()
-                        }
-                        _ => Arc::new(Frontend {
-                            service: svc.key.clone(),
-                            port_name: port.name.clone(),
-                            app,
-                            service_port: port.port,
-                            routes: routes.clone(),
-                            backends: backends.clone(),
-                            affinity: svc.affinity.map(|timeout| Affinity {
-                                timeout,
-                                clients: Mutex::new(HashMap::new()),
-                            }),
-                            next: AtomicUsize::new(0),
-                        }),
-                    };
-                    // Two Services claiming one node port: the first (by name) keeps it.
-                    out.by_listen.entry(listen).or_insert(fe);
+                // Cluster IP traffic and traffic from outside follow their own policies.
+                let local = |yes: bool| yes.then_some(node.node_name.as_str());
+                let groups = [
+                    (internal, local(svc.traffic.internal_local)),
+                    (external, local(svc.traffic.external_local)),
+                ];
+                for (listens, only) in groups {
+                    if listens.is_empty() {
+                        continue;
+                    }
+                    let backends = backends(svc, &port.name, port.protocol, only);
+                    let routes =
+                        (app != AppProtocol::Tcp).then(|| compiler.routes_on(svc, port.port, only));
+                    out.add_service_listens(svc, port, app, listens, backends, routes, previous);
                 }
             }
         }
@@ -362,8 +394,13 @@ impl Frontends {
     }
 }
 
-fn backends(svc: &ServiceInfo, port_name: &str, protocol: Protocol) -> Vec<Backend> {
-    crate::mesh::routing::endpoints(svc, port_name, protocol, None)
+fn backends(
+    svc: &ServiceInfo,
+    port_name: &str,
+    protocol: Protocol,
+    node: Option<&str>,
+) -> Vec<Backend> {
+    crate::mesh::routing::endpoints(svc, port_name, protocol, None, node)
 }
 
 #[cfg(test)]
@@ -414,6 +451,7 @@ mod tests {
                 }],
                 affinity: None,
                 publish_not_ready: false,
+                traffic: Default::default(),
                 endpoints,
             },
         );
@@ -422,6 +460,7 @@ mod tests {
 
     fn node() -> NodeAddrs {
         NodeAddrs {
+            node_name: "node-a".into(),
             node_ip: "192.0.2.10".parse().unwrap(),
             skip: vec![],
             domain: "cluster.local".into(),
@@ -483,6 +522,57 @@ mod tests {
     }
 
     #[test]
+    fn traffic_policy_local_keeps_to_this_nodes_endpoints() {
+        let on = |ip: &str, node: &str| Endpoint {
+            node_name: Some(node.into()),
+            ..ep(ip, true, true, false)
+        };
+        let mut view = service(
+            ServiceType::LoadBalancer,
+            vec![on("10.42.0.7", "node-a"), on("10.42.1.7", "node-b")],
+        );
+        let svc = view.services.values_mut().next().unwrap();
+        svc.traffic.external_local = true;
+        // The TCP backends and the HTTP routes' cluster, as the frontend serves them.
+        let served = |fe: &Frontends, at: &str| -> (Vec<String>, Vec<String>) {
+            let f = &fe.by_listen[&listen(at)];
+            let cluster = f.routes.as_ref().and_then(|r| match &r[0].action {
+                crate::mesh::routing::Action::Forward(w) => w[0].cluster.clone().ok(),
+                _ => None,
+            });
+            let addrs = |b: &[Backend]| b.iter().map(|b| b.addr.ip().to_string()).collect();
+            (addrs(&f.backends), addrs(&cluster.unwrap().endpoints))
+        };
+        let both = vec!["10.42.0.7".to_string(), "10.42.1.7".to_string()];
+        let local = vec!["10.42.0.7".to_string()];
+        let fe = Frontends::build(&view, &node(), &Frontends::default());
+        for external in ["192.0.2.10:30080", "127.0.0.1:30080", "192.0.2.10:80"] {
+            assert_eq!(
+                served(&fe, external),
+                (local.clone(), local.clone()),
+                "{external}"
+            );
+        }
+        assert_eq!(served(&fe, "10.43.0.5:80"), (both.clone(), both.clone()));
+
+        // internalTrafficPolicy: Local narrows the cluster IP; no local endpoint, none.
+        let svc = view.services.values_mut().next().unwrap();
+        svc.traffic = crate::view::TrafficPolicies {
+            external_local: false,
+            internal_local: true,
+        };
+        let fe = Frontends::build(&view, &node(), &fe);
+        assert_eq!(served(&fe, "10.43.0.5:80"), (local.clone(), local));
+        assert_eq!(served(&fe, "192.0.2.10:30080"), (both.clone(), both));
+        let other = NodeAddrs {
+            node_name: "node-c".into(),
+            ..node()
+        };
+        let fe = Frontends::build(&view, &other, &fe);
+        assert_eq!(served(&fe, "10.43.0.5:80"), (vec![], vec![]));
+    }
+
+    #[test]
     fn affinity_sticks_and_survives_an_unrelated_rebuild() {
         let mut view = service(
             ServiceType::ClusterIp,
@@ -511,6 +601,7 @@ mod tests {
     fn dns_address_and_headless_services_are_not_proxied() {
         let mut view = service(ServiceType::ClusterIp, vec![]);
         let n = NodeAddrs {
+            node_name: "node-a".into(),
             node_ip: "192.0.2.10".parse().unwrap(),
             skip: vec!["10.43.0.5".parse().unwrap()],
             domain: "cluster.local".into(),

@@ -519,6 +519,7 @@ mod tests {
                 }],
                 affinity: None,
                 publish_not_ready: false,
+                traffic: Default::default(),
                 endpoints: vec![Endpoint {
                     addresses: vec![ip.parse().unwrap()],
                     hostname: None,
@@ -578,6 +579,7 @@ mod tests {
 
     fn routes(view: &ClusterView) -> Arc<Vec<Route>> {
         let node = NodeAddrs {
+            node_name: "node-a".into(),
             node_ip: "192.0.2.10".parse().unwrap(),
             skip: vec![],
             domain: "cluster.local".into(),
@@ -651,6 +653,7 @@ mod tests {
         api.gateways[0].spec.gateway_class_name = "istio".into();
         view.gateway_api = Arc::new(api);
         let node = NodeAddrs {
+            node_name: "node-a".into(),
             node_ip: "192.0.2.10".parse().unwrap(),
             skip: vec![],
             domain: "cluster.local".into(),

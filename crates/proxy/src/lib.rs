@@ -95,6 +95,7 @@ pub async fn run(
     let mut ips = local_ips::LocalIps::open(cfg.state_dir.clone());
     let mut listeners = listeners::Listeners::new(table_rx, stats.clone());
     let node = NodeAddrs {
+        node_name: cfg.node_name.clone(),
         node_ip: cfg.node_ip,
         skip: cfg.cluster_dns.into_iter().collect(),
         domain: cfg.cluster_domain.clone(),

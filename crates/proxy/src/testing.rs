@@ -66,6 +66,7 @@ pub fn named_service(
             }],
             affinity: None,
             publish_not_ready: false,
+            traffic: Default::default(),
             endpoints,
         },
     );
@@ -165,6 +166,7 @@ impl TestProxy {
     /// Serves `view`; panics when a bind fails.
     pub fn apply(&mut self, view: &ClusterView) {
         let node = crate::frontends::NodeAddrs {
+            node_name: "test-node".into(),
             node_ip: "127.0.0.1".parse().expect("an address"),
             skip: vec![],
             domain: "cluster.local".into(),

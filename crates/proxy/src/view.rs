@@ -115,7 +115,20 @@ pub struct ServiceInfo {
     /// ClientIP session affinity and its timeout.
     pub affinity: Option<Duration>,
     pub publish_not_ready: bool,
+    /// Which endpoints each kind of traffic may reach.
+    pub traffic: TrafficPolicies,
     pub endpoints: Vec<Endpoint>,
+}
+
+/// A Service's externalTrafficPolicy and internalTrafficPolicy: `Local` keeps traffic on
+/// the node it arrived at (an external client's source address survives, no second hop);
+/// false is `Cluster`, every endpoint.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficPolicies {
+    /// NodePort and LoadBalancer traffic goes to this node's endpoints only.
+    pub external_local: bool,
+    /// Cluster IP traffic goes to this node's endpoints only.
+    pub internal_local: bool,
 }
 
 /// An Istio resource as the proxy keeps it: where it lives, when it was made (the oldest
@@ -334,6 +347,11 @@ fn service_info(
         ports,
         affinity,
         publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
+        traffic: TrafficPolicies {
+            external_local: matches!(kind, ServiceType::NodePort | ServiceType::LoadBalancer)
+                && spec.external_traffic_policy.as_deref() == Some("Local"),
+            internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        },
     })
 }
 

@@ -641,6 +641,7 @@ mod tests {
             ports: vec![],
             affinity: None,
             publish_not_ready: false,
+            traffic: Default::default(),
             endpoints: vec![],
         }
     }

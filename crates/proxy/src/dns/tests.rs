@@ -132,6 +132,7 @@ fn service(ns: &str, name: &str) -> ServiceInfo {
         ports: vec![],
         affinity: None,
         publish_not_ready: false,
+        traffic: Default::default(),
         endpoints: vec![],
     }
 }

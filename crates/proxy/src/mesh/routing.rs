@@ -24,6 +24,8 @@ pub struct ClusterKey {
     pub service: ServiceKey,
     pub subset: Option<String>,
     pub port: u16,
+    /// Only the endpoints on this node (a Service's traffic policy `Local`).
+    pub node: Option<String>,
 }
 
 impl std::fmt::Display for ClusterKey {
@@ -566,6 +568,8 @@ pub struct Compiler<'a> {
     previous: &'a HashMap<ClusterKey, Arc<Cluster>>,
     pub clusters: HashMap<ClusterKey, Arc<Cluster>>,
     rules: HashMap<ServiceKey, Arc<DestinationRule>>,
+    /// While compiling for traffic that must stay on this node: its name.
+    only_node: Option<String>,
 }
 
 impl<'a> Compiler<'a> {
@@ -587,7 +591,22 @@ impl<'a> Compiler<'a> {
             previous,
             clusters: HashMap::new(),
             rules,
+            only_node: None,
         }
+    }
+
+    /// The routes for requests to `svc` on `port` that may reach only the endpoints on
+    /// node `node` (None: all): a traffic policy `Local`.
+    pub fn routes_on(
+        &mut self,
+        svc: &ServiceInfo,
+        port: u16,
+        node: Option<&str>,
+    ) -> Arc<Vec<Route>> {
+        self.only_node = node.map(str::to_string);
+        let routes = self.routes(svc, port);
+        self.only_node = None;
+        routes
     }
 
     /// The routes for requests to `svc` on service port `port`.
@@ -774,6 +793,7 @@ impl<'a> Compiler<'a> {
             service: key.clone(),
             subset: subset.map(str::to_string),
             port: sport.port,
+            node: self.only_node.clone(),
         };
         if let Some(c) = self.clusters.get(&ckey) {
             return Ok(c.clone());
@@ -784,7 +804,13 @@ impl<'a> Compiler<'a> {
         if policy.hash.is_none() && svc.affinity.is_some() {
             policy.hash = Some(HashOn::SourceIp);
         }
-        let endpoints = endpoints(svc, &sport.name, sport.protocol, labels.as_ref());
+        let endpoints = endpoints(
+            svc,
+            &sport.name,
+            sport.protocol,
+            labels.as_ref(),
+            self.only_node.as_deref(),
+        );
         let app = crate::frontends::AppProtocol::of(sport);
         let cluster = match self.previous.get(&ckey) {
             Some(old) if old.endpoints == endpoints && old.policy == policy && old.app == app => {
@@ -842,9 +868,11 @@ pub(crate) fn endpoints(
     port_name: &str,
     protocol: crate::view::Protocol,
     labels: Option<&BTreeMap<String, String>>,
+    node: Option<&str>,
 ) -> Vec<Backend> {
     let selected = |e: &&crate::view::Endpoint| {
         labels.is_none_or(|l| l.iter().all(|(k, v)| e.labels.get(k) == Some(v)))
+            && node.is_none_or(|n| e.node_name.as_deref() == Some(n))
     };
     let collect = |ready: bool| -> Vec<Backend> {
         let mut v: Vec<Backend> = svc

@@ -56,6 +56,7 @@ impl Cluster {
                     ports: vec![],
                     affinity: None,
                     publish_not_ready: false,
+                    traffic: Default::default(),
                     endpoints: vec![],
                 },
             );
