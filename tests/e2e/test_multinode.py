@@ -441,9 +441,11 @@ def test_pods_reach_each_other_across_nodes_by_pod_ip(cluster):
 
 
 def test_external_traffic_policy_local_answers_only_on_nodes_with_endpoints(cluster):
-    """A NodePort Service with externalTrafficPolicy: Local is served by the nodes that
+    """A LoadBalancer Service with externalTrafficPolicy: Local is served by the nodes that
     run one of its pods (no second hop, the client's address kept); another node answers
-    503 instead of forwarding. With Cluster, both nodes answer."""
+    503 instead of forwarding, and each node's healthCheckNodePort says which is which, as
+    kube-proxy's does. With Cluster, both nodes answer and the health check port goes; a
+    change of type allocates and frees node ports."""
     import urllib.error
     import urllib.request
 
@@ -453,29 +455,44 @@ def test_external_traffic_policy_local_answers_only_on_nodes_with_endpoints(clus
     kc.run("create", "namespace", ns)
     kc.run("apply", "-n", ns, "-f", "-", input=json.dumps(pinned_pod("only-there", a.node_name)))
     svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "only-there"},
-           "spec": {"type": "NodePort", "externalTrafficPolicy": "Local", "selector": {"app": "only-there"},
-                    "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
+           "spec": {"type": "LoadBalancer", "externalTrafficPolicy": "Local", "selector": {"app": "only-there"},
+                    "ports": [{"name": "http", "port": 8081, "targetPort": 8080}]}}
     kc.run("apply", "-n", ns, "-f", "-", input=json.dumps(svc))
     wait_for("the pod", lambda: running(kc, ns, "only-there"), timeout=90)
-    port = kc.json("get", "service", "only-there", "-n", ns)["spec"]["ports"][0]["nodePort"]
+    spec = kc.json("get", "service", "only-there", "-n", ns)["spec"]
+    port, hc = spec["ports"][0]["nodePort"], spec["healthCheckNodePort"]
+    assert 30000 <= hc <= 32767 and hc != port, spec
 
-    def status_on_server_node():
+    def on_server_node(p, path="/"):
         try:
-            with urllib.request.urlopen(f"http://{cluster.netns.host_ip}:{port}/", timeout=5) as r:
-                return r.status
+            with urllib.request.urlopen(f"http://{cluster.netns.host_ip}:{p}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
-            return e.code
+            return e.code, e.read().decode()
 
-    def body_on_joined_node():
-        code = f"import urllib.request;print(urllib.request.urlopen('http://{cluster.netns.ns_ip}:{port}/', timeout=5).read().decode())"
+    def on_joined_node(p, path="/"):
+        code = f"import urllib.request;print(urllib.request.urlopen('http://{cluster.netns.ns_ip}:{p}{path}', timeout=5).read().decode())"
         out = subprocess.run(cluster.netns.cmd("python3", "-c", code), capture_output=True, text=True, timeout=30)
-        return out.stdout if "web v1" in out.stdout else None
+        return out.stdout if out.returncode == 0 else None
 
-    wait_for("the joined node, which runs the pod, to answer", body_on_joined_node, timeout=30)
-    wait_for("the server's node, which runs none, to answer 503", lambda: status_on_server_node() == 503, timeout=30)
-    kc.run("patch", "service", "only-there", "-n", ns, "-p", '{"spec":{"externalTrafficPolicy":"Cluster"}}')
-    wait_for("the server's node to forward once the policy is Cluster", lambda: status_on_server_node() == 200,
+    wait_for("the joined node, which runs the pod, to answer", lambda: "web v1" in (on_joined_node(port) or ""),
              timeout=30)
+    wait_for("the server's node, which runs none, to answer 503", lambda: on_server_node(port)[0] == 503, timeout=30)
+    health = json.loads(wait_for("the joined node's health check", lambda: on_joined_node(hc, "/healthz"), timeout=30))
+    assert health["localEndpoints"] == 1 and health["service"] == {"namespace": ns, "name": "only-there"}, health
+    code, body = on_server_node(hc, "/healthz")
+    assert code == 503 and json.loads(body)["localEndpoints"] == 0, (code, body)
+
+    kc.run("patch", "service", "only-there", "-n", ns, "-p", '{"spec":{"externalTrafficPolicy":"Cluster"}}')
+    assert "healthCheckNodePort" not in kc.json("get", "service", "only-there", "-n", ns)["spec"]
+    wait_for("the server's node to forward once the policy is Cluster", lambda: on_server_node(port)[0] == 200,
+             timeout=30)
+    # Node ports follow the type: gone with ClusterIP, a new one with NodePort.
+    kc.run("patch", "service", "only-there", "-n", ns, "-p", '{"spec":{"type":"ClusterIP"}}')
+    assert "nodePort" not in kc.json("get", "service", "only-there", "-n", ns)["spec"]["ports"][0]
+    kc.run("patch", "service", "only-there", "-n", ns, "-p", '{"spec":{"type":"NodePort"}}')
+    port = kc.json("get", "service", "only-there", "-n", ns)["spec"]["ports"][0]["nodePort"]
+    wait_for("the new node port", lambda: on_server_node(port)[0] == 200, timeout=30)
     kc.run("delete", "namespace", ns, "--wait=false")
 
 

@@ -170,7 +170,169 @@ pub async fn allocate_service(
             svc["spec"]["ports"][i] = p;
         }
     }
+    if let Err(e) = health_check_port(store, ranges, None, svc, &owner, &mut claimed).await {
+        release_all(store, &claimed).await;
+        return Err(e);
+    }
     Ok(claimed)
+}
+
+/// Whether a Service gets a `healthCheckNodePort`: a LoadBalancer whose external traffic
+/// stays on the node it arrives at, so an outside balancer must learn which nodes have
+/// endpoints.
+fn wants_health_check(svc: &Value) -> bool {
+    svc["spec"]["type"] == "LoadBalancer" && svc["spec"]["externalTrafficPolicy"] == "Local"
+}
+
+/// Gives `svc` the health check node port it needs (keeping `current`'s, claiming the one
+/// asked for, or picking one), or drops the field when it needs none. Claims go to
+/// `claimed`.
+async fn health_check_port(
+    store: &Store,
+    ranges: &Ranges,
+    current: Option<&Value>,
+    svc: &mut Value,
+    owner: &str,
+    claimed: &mut Vec<Vec<u8>>,
+) -> ApiResult<()> {
+    let name = svc["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let held = current.and_then(|c| c["spec"]["healthCheckNodePort"].as_u64());
+    let asked = svc["spec"]["healthCheckNodePort"]
+        .as_u64()
+        .filter(|n| *n != 0);
+    if !wants_health_check(svc) {
+        // As upstream drops type-dependent fields: one the server allocated goes with the
+        // type; one the user sets on a Service that cannot have it is refused.
+        if asked.is_some() && asked != held {
+            return Err(invalid(&name, Cause::invalid("spec.healthCheckNodePort", &json!(asked), "may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'")));
+        }
+        if let Some(spec) = svc["spec"].as_object_mut() {
+            spec.remove("healthCheckNodePort");
+        }
+        return Ok(());
+    }
+    let port = match asked {
+        Some(n) if Some(n) == held => n as u16,
+        Some(n) => {
+            let n = u16::try_from(n).unwrap_or(0);
+            if n < ranges.node_ports.0 || n > ranges.node_ports.1 {
+                return Err(invalid(&name, Cause::invalid("spec.healthCheckNodePort", &json!(n), format!("provided port is not in the valid range. The range of valid ports is {}-{}", ranges.node_ports.0, ranges.node_ports.1))));
+            }
+            if !claim(store, &port_key(n), owner).await? {
+                return Err(invalid(
+                    &name,
+                    Cause::invalid(
+                        "spec.healthCheckNodePort",
+                        &json!(n),
+                        "provided port is already allocated",
+                    ),
+                ));
+            }
+            claimed.push(port_key(n));
+            n
+        }
+        None => match held {
+            Some(n) => n as u16,
+            None => {
+                let n = pick_port(store, ranges, owner).await?;
+                claimed.push(port_key(n));
+                n
+            }
+        },
+    };
+    svc["spec"]["healthCheckNodePort"] = json!(port);
+    Ok(())
+}
+
+/// The ports a Service holds: its node ports and health check node port.
+fn held_ports(svc: &Value) -> Vec<u16> {
+    let mut ports: Vec<u16> = svc["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["nodePort"].as_u64())
+        .chain(svc["spec"]["healthCheckNodePort"].as_u64())
+        .filter_map(|n| u16::try_from(n).ok())
+        .filter(|n| *n != 0)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// What an update of a Service claimed (to give back if the write fails) and what it no
+/// longer holds (to give back once the write succeeds).
+#[derive(Debug, Default)]
+pub struct ServiceUpdate {
+    pub claimed: Vec<Vec<u8>>,
+    pub released: Vec<Vec<u8>>,
+}
+
+/// Node ports for an updated Service, as the API server allocates them on update: a type
+/// that needs node ports gets one for every port without (a port the user names must be
+/// free), a type that needs none drops those it had, and the health check node port
+/// follows `type` and `externalTrafficPolicy`.
+pub async fn update_service(
+    store: &Store,
+    ranges: &Ranges,
+    current: &Value,
+    svc: &mut Value,
+) -> ApiResult<ServiceUpdate> {
+    let owner = format!(
+        "{}/{}",
+        svc["metadata"]["namespace"].as_str().unwrap_or(""),
+        svc["metadata"]["name"].as_str().unwrap_or("")
+    );
+    let name = svc["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let held = held_ports(current);
+    let mut out = ServiceUpdate::default();
+    let needs_node_ports = matches!(
+        svc["spec"]["type"].as_str(),
+        Some("NodePort") | Some("LoadBalancer")
+    );
+    let count = svc["spec"]["ports"].as_array().map_or(0, |a| a.len());
+    let result: ApiResult<()> = async {
+        for i in 0..count {
+            let p = &mut svc["spec"]["ports"][i];
+            if !needs_node_ports {
+                if let Some(o) = p.as_object_mut() {
+                    o.remove("nodePort");
+                }
+                continue;
+            }
+            match p["nodePort"].as_u64().filter(|n| *n != 0) {
+                Some(n) if held.contains(&(n as u16)) => {}
+                Some(n) => {
+                    let n = u16::try_from(n).unwrap_or(0);
+                    if n < ranges.node_ports.0 || n > ranges.node_ports.1 {
+                        return Err(invalid(&name, Cause::invalid(format!("spec.ports[{i}].nodePort"), &json!(n), format!("provided port is not in the valid range. The range of valid ports is {}-{}", ranges.node_ports.0, ranges.node_ports.1))));
+                    }
+                    if !claim(store, &port_key(n), &owner).await? {
+                        return Err(invalid(&name, Cause::invalid(format!("spec.ports[{i}].nodePort"), &json!(n), "provided port is already allocated")));
+                    }
+                    out.claimed.push(port_key(n));
+                }
+                None => {
+                    let n = pick_port(store, ranges, &owner).await?;
+                    out.claimed.push(port_key(n));
+                    svc["spec"]["ports"][i]["nodePort"] = json!(n);
+                }
+            }
+        }
+        health_check_port(store, ranges, Some(current), svc, &owner, &mut out.claimed).await
+    }
+    .await;
+    if let Err(e) = result {
+        release_all(store, &out.claimed).await;
+        return Err(e);
+    }
+    let now = held_ports(svc);
+    out.released = held
+        .into_iter()
+        .filter(|n| !now.contains(n))
+        .map(port_key)
+        .collect();
+    Ok(out)
 }
 
 fn invalid(name: &str, c: Cause) -> ApiError {
@@ -190,10 +352,8 @@ pub async fn release_service(store: &Store, svc: &Value) {
             release(store, &ip_key(ip)).await;
         }
     }
-    for p in svc["spec"]["ports"].as_array().into_iter().flatten() {
-        if let Some(n) = p["nodePort"].as_u64() {
-            release(store, &port_key(n as u16)).await;
-        }
+    for n in held_ports(svc) {
+        release(store, &port_key(n)).await;
     }
 }
 

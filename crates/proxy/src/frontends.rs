@@ -299,6 +299,43 @@ impl Frontends {
         }
     }
 
+    /// Answers a LoadBalancer's health check node port as kube-proxy does: 200 while this
+    /// node has a ready endpoint of the Service (its external traffic stays on the node),
+    /// 503 otherwise, with the count in a JSON body.
+    fn health_check(&mut self, svc: &ServiceInfo, node: &NodeAddrs, port: u16) {
+        let local = svc
+            .endpoints
+            .iter()
+            .filter(|e| e.ready && e.node_name.as_deref() == Some(node.node_name.as_str()))
+            .count();
+        let body = serde_json::json!({
+            "service": {"namespace": svc.key.namespace, "name": svc.key.name},
+            "localEndpoints": local,
+            "serviceProxyHealthy": true,
+        })
+        .to_string();
+        let status = if local > 0 { 200 } else { 503 };
+        let routes = Arc::new(vec![crate::mesh::routing::Route::direct(status, body)]);
+        for ip in [node.node_ip, Ipv4Addr::LOCALHOST.into()] {
+            let listen = Listen {
+                addr: SocketAddr::new(ip, port),
+                protocol: Protocol::Tcp,
+            };
+            self.by_listen.entry(listen).or_insert_with(|| {
+                Arc::new(Frontend {
+                    service: svc.key.clone(),
+                    port_name: "health-check".into(),
+                    app: AppProtocol::Http1,
+                    service_port: port,
+                    routes: Some(routes.clone()),
+                    backends: Vec::new(),
+                    affinity: None,
+                    next: AtomicUsize::new(0),
+                })
+            });
+        }
+    }
+
     /// Derives the frontends from a view. `previous` carries ClientIP affinity and the
     /// round-robin position over for frontends whose backends did not change.
     pub fn build(view: &ClusterView, node: &NodeAddrs, previous: &Frontends) -> Frontends {
@@ -350,6 +387,12 @@ impl Frontends {
                         (app != AppProtocol::Tcp).then(|| compiler.routes_on(svc, port.port, only));
                     out.add_service_listens(svc, port, app, listens, backends, routes, previous);
                 }
+            }
+            if let (true, Some(hc)) = (
+                svc.traffic.external_local,
+                svc.traffic.health_check_node_port,
+            ) {
+                out.health_check(svc, node, hc);
             }
         }
         let mut gateways = crate::gateway::compile(view, &mut compiler);
@@ -558,8 +601,8 @@ mod tests {
         // internalTrafficPolicy: Local narrows the cluster IP; no local endpoint, none.
         let svc = view.services.values_mut().next().unwrap();
         svc.traffic = crate::view::TrafficPolicies {
-            external_local: false,
             internal_local: true,
+            ..Default::default()
         };
         let fe = Frontends::build(&view, &node(), &fe);
         assert_eq!(served(&fe, "10.43.0.5:80"), (local.clone(), local));

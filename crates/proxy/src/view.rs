@@ -129,6 +129,9 @@ pub struct TrafficPolicies {
     pub external_local: bool,
     /// Cluster IP traffic goes to this node's endpoints only.
     pub internal_local: bool,
+    /// Where an outside balancer asks whether this node has endpoints (a LoadBalancer
+    /// with externalTrafficPolicy Local).
+    pub health_check_node_port: Option<u16>,
 }
 
 /// An Istio resource as the proxy keeps it: where it lives, when it was made (the oldest
@@ -351,6 +354,10 @@ fn service_info(
             external_local: matches!(kind, ServiceType::NodePort | ServiceType::LoadBalancer)
                 && spec.external_traffic_policy.as_deref() == Some("Local"),
             internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            health_check_node_port: spec
+                .health_check_node_port
+                .filter(|_| kind == ServiceType::LoadBalancer)
+                .and_then(|p| u16::try_from(p).ok()),
         },
     })
 }

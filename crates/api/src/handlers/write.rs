@@ -475,6 +475,17 @@ where
             storage::set_resource_version(&mut new, kv.mod_revision);
             return Ok((new, warnings, 200));
         }
+        let ports = if sub.is_none() && res.group.is_empty() && res.plural == "services" {
+            match alloc::update_service(&st.store, &st.config.ranges, &current, &mut new).await {
+                Ok(p) => p,
+                Err(e) => {
+                    charge.refund(st).await;
+                    return Err(e);
+                }
+            }
+        } else {
+            alloc::ServiceUpdate::default()
+        };
         let stored = storage::put(
             &st.store,
             res,
@@ -484,8 +495,12 @@ where
             Compare::ModRevision(kv.mod_revision),
         )
         .await;
+        if !matches!(stored, Ok(Some(_))) {
+            alloc::release_all(&st.store, &ports.claimed).await;
+        }
         match stored {
             Ok(Some(stored)) => {
+                alloc::release_all(&st.store, &ports.released).await;
                 warnings.extend(crate::crd::after_write(st, res, &stored).await);
                 return Ok((stored, warnings, 200));
             }
@@ -521,25 +536,47 @@ fn finalizers_empty(res: &Resource, obj: &Value) -> bool {
     meta_empty && spec_empty
 }
 
-/// A PUT without clusterIP/nodePort keeps the allocated ones (what kubectl replace relies on).
+/// A PUT without clusterIP/nodePort keeps the allocated ones (what kubectl replace relies
+/// on); and as upstream drops type-dependent fields, node ports and the health check node
+/// port the server allocated go when the new type or traffic policy has no use for them
+/// (one the user changed stays, for validation to refuse).
 fn carry_service_allocations(current: &Value, new: &mut Value) {
     for f in ["clusterIP", "clusterIPs"] {
         if new["spec"][f].is_null() || new["spec"][f] == json!("") {
             new["spec"][f] = current["spec"][f].clone();
         }
     }
+    let needs_node_ports = matches!(
+        new["spec"]["type"].as_str(),
+        Some("NodePort") | Some("LoadBalancer")
+    );
     if let (Some(old), Some(ports)) = (
         current["spec"]["ports"].as_array(),
         new["spec"]["ports"].as_array_mut(),
     ) {
         for p in ports.iter_mut() {
-            if p["nodePort"].is_null() {
-                if let Some(o) = old.iter().find(|o| o["port"] == p["port"]) {
-                    if !o["nodePort"].is_null() {
-                        p["nodePort"] = o["nodePort"].clone();
-                    }
+            let Some(o) = old.iter().find(|o| o["port"] == p["port"]) else {
+                continue;
+            };
+            if needs_node_ports && p["nodePort"].is_null() && !o["nodePort"].is_null() {
+                p["nodePort"] = o["nodePort"].clone();
+            }
+            if !needs_node_ports && !p["nodePort"].is_null() && p["nodePort"] == o["nodePort"] {
+                if let Some(m) = p.as_object_mut() {
+                    m.remove("nodePort");
                 }
             }
+        }
+    }
+    let wants_health_check =
+        new["spec"]["type"] == "LoadBalancer" && new["spec"]["externalTrafficPolicy"] == "Local";
+    let held = &current["spec"]["healthCheckNodePort"];
+    let asked = &new["spec"]["healthCheckNodePort"];
+    if wants_health_check && asked.is_null() && !held.is_null() {
+        new["spec"]["healthCheckNodePort"] = held.clone();
+    } else if !wants_health_check && !asked.is_null() && asked == held {
+        if let Some(spec) = new["spec"].as_object_mut() {
+            spec.remove("healthCheckNodePort");
         }
     }
 }

@@ -512,6 +512,14 @@ impl Route {
         }
     }
 
+    /// A route that answers every request itself with `status` and `body`.
+    pub fn direct(status: u16, body: String) -> Route {
+        Route {
+            action: Action::Direct(status, body),
+            ..Route::forward_to(Err(String::new()), vec![])
+        }
+    }
+
     /// The first match that accepts the request (a route without matches takes all).
     pub fn accepts(&self, r: &RequestInfo) -> Option<Option<&Match>> {
         if self.matches.is_empty() {
