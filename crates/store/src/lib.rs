@@ -165,7 +165,8 @@ impl Store {
                     let mut page = first;
                     loop {
                         let next = page.more.then(|| page.kvs.last().map(|kv| kv.key.clone()));
-                        if tx.send(Ok(page.kvs)).await.is_err() {
+                        // No empty chunks, as from the embedded store.
+                        if !page.kvs.is_empty() && tx.send(Ok(page.kvs)).await.is_err() {
                             return;
                         }
                         let Some(Some(mut start)) = next else { return };
