@@ -20,7 +20,11 @@ def test_first_start_creates_pki_and_restart_keeps_state():
         k = Kubectl(s)
         k("create", "configmap", "keep", "--from-literal=a=1")
         ca_before = open(os.path.join(s.data_dir, "pki/ca.crt")).read()
+        # SIGTERM stops everything promptly: a controller queue left open once made every
+        # stop wait out a 5 s timeout.
+        t0 = time.time()
         assert s.stop() == 0, s.logs()
+        assert time.time() - t0 < 4, f"shutdown took {time.time() - t0:.1f} s"
 
         s.start()
         assert open(os.path.join(s.data_dir, "pki/ca.crt")).read() == ca_before

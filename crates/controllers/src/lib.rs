@@ -548,6 +548,9 @@ pub async fn run(
     slices_queue.shutdown();
     endpoints_queue.shutdown();
     gateway_queue.shutdown();
+    // Every queue with workers: one left open kept shutdown waiting 5 s for its tasks.
+    lb_queue.shutdown();
+    ing_queue.shutdown();
     if let Some((_, q)) = &local_path {
         q.shutdown();
     }
