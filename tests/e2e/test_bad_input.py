@@ -211,6 +211,34 @@ def test_finalizers_hold_deletion(raw, ns):
     assert raw.request("GET", f"/api/v1/namespaces/{ns}/configmaps/fin")[0] == 404
 
 
+def test_service_traffic_fields_are_checked_and_follow_the_type(raw, ns):
+    def svc(name, **spec):
+        return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+                "spec": {"ports": [{"port": 80}], **spec}}
+
+    path = f"/api/v1/namespaces/{ns}/services"
+    for body, field in [
+        (svc("etp-clusterip", externalTrafficPolicy="Local"), "spec.externalTrafficPolicy"),
+        (svc("etp-bad", type="NodePort", externalTrafficPolicy="Sideways"), "spec.externalTrafficPolicy"),
+        (svc("itp-bad", internalTrafficPolicy="Nearby"), "spec.internalTrafficPolicy"),
+        (svc("alloc-np", type="NodePort", allocateLoadBalancerNodePorts=False), "spec.allocateLoadBalancerNodePorts"),
+    ]:
+        code, out, _ = raw.request("POST", path, body=body)
+        assert code == 422, (body, out)
+        assert [c["field"] for c in out["details"]["causes"]] == [field], out
+    # A LoadBalancer may go without node ports.
+    code, out, _ = raw.request("POST", path, body=svc("lb-bare", type="LoadBalancer", allocateLoadBalancerNodePorts=False))
+    assert code == 201 and "nodePort" not in out["spec"]["ports"][0], out
+    # NodePort -> ClusterIP by merge patch: the node port and the defaulted
+    # externalTrafficPolicy go with the type, as upstream.
+    code, out, _ = raw.request("POST", path, body=svc("np", type="NodePort"))
+    assert code == 201 and out["spec"]["externalTrafficPolicy"] == "Cluster", out
+    code, out, _ = raw.request("PATCH", f"{path}/np", body='{"spec":{"type":"ClusterIP"}}',
+                               ctype="application/merge-patch+json")
+    assert code == 200, out
+    assert "nodePort" not in out["spec"]["ports"][0] and "externalTrafficPolicy" not in out["spec"], out
+
+
 def test_a_list_of_thousands_is_streamed_whole_and_in_order(raw, ns, api_client):
     """An unpaginated list of more objects than one store chunk (500) is streamed from one
     snapshot: every item once, in name order, the list's resourceVersion set; selectors,

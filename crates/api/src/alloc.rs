@@ -157,6 +157,7 @@ pub async fn allocate_service(
                     }
                     n
                 }
+                _ if !allocates_node_ports(svc) => continue,
                 _ => match pick_port(store, ranges, &owner).await {
                     Ok(n) => n,
                     Err(e) => {
@@ -175,6 +176,13 @@ pub async fn allocate_service(
         return Err(e);
     }
     Ok(claimed)
+}
+
+/// Whether ports without a nodePort get one: not for a LoadBalancer that says
+/// `allocateLoadBalancerNodePorts: false` (its balancer reaches the pods another way).
+fn allocates_node_ports(svc: &Value) -> bool {
+    !(svc["spec"]["type"] == "LoadBalancer"
+        && svc["spec"]["allocateLoadBalancerNodePorts"] == json!(false))
 }
 
 /// Whether a Service gets a `healthCheckNodePort`: a LoadBalancer whose external traffic
@@ -312,6 +320,7 @@ pub async fn update_service(
                     }
                     out.claimed.push(port_key(n));
                 }
+                None if !allocates_node_ports(svc) => {}
                 None => {
                     let n = pick_port(store, ranges, &owner).await?;
                     out.claimed.push(port_key(n));

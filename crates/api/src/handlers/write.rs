@@ -568,6 +568,23 @@ fn carry_service_allocations(current: &Value, new: &mut Value) {
             }
         }
     }
+    // Fields of a type the Service no longer has, unchanged from before, go with it.
+    let external = needs_node_ports
+        || (new["spec"]["type"] == "ClusterIP"
+            && new["spec"]["externalIPs"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty()));
+    let load_balancer = new["spec"]["type"] == "LoadBalancer";
+    for (field, keep) in [
+        ("externalTrafficPolicy", external),
+        ("allocateLoadBalancerNodePorts", load_balancer),
+    ] {
+        if !keep && !new["spec"][field].is_null() && new["spec"][field] == current["spec"][field] {
+            if let Some(spec) = new["spec"].as_object_mut() {
+                spec.remove(field);
+            }
+        }
+    }
     let wants_health_check =
         new["spec"]["type"] == "LoadBalancer" && new["spec"]["externalTrafficPolicy"] == "Local";
     let held = &current["spec"]["healthCheckNodePort"];

@@ -429,6 +429,49 @@ fn protocol(v: &Value, field: &str, c: &mut Vec<Cause>) {
     }
 }
 
+/// externalTrafficPolicy only where traffic comes from outside, both policies `Cluster`
+/// or `Local`, allocateLoadBalancerNodePorts only on a LoadBalancer, as upstream.
+fn traffic_policies(spec: &Value, ty: &str, c: &mut Vec<Cause>) {
+    let external = matches!(ty, "NodePort" | "LoadBalancer")
+        || (ty == "ClusterIP"
+            && spec["externalIPs"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty()));
+    let etp = &spec["externalTrafficPolicy"];
+    if let Some(v) = etp.as_str() {
+        if !external {
+            c.push(Cause::invalid(
+                "spec.externalTrafficPolicy",
+                etp,
+                "may only be set for externally-accessible services",
+            ));
+        } else if !matches!(v, "Cluster" | "Local") {
+            c.push(Cause::unsupported(
+                "spec.externalTrafficPolicy",
+                etp,
+                &["Cluster", "Local"],
+            ));
+        }
+    }
+    let itp = &spec["internalTrafficPolicy"];
+    if itp
+        .as_str()
+        .is_some_and(|v| !matches!(v, "Cluster" | "Local"))
+    {
+        c.push(Cause::unsupported(
+            "spec.internalTrafficPolicy",
+            itp,
+            &["Cluster", "Local"],
+        ));
+    }
+    if !spec["allocateLoadBalancerNodePorts"].is_null() && ty != "LoadBalancer" {
+        c.push(Cause::forbidden(
+            "spec.allocateLoadBalancerNodePorts",
+            "may only be used when `type` is 'LoadBalancer'",
+        ));
+    }
+}
+
 fn service(obj: &Value, c: &mut Vec<Cause>) {
     let spec = &obj["spec"];
     let ty = spec["type"].as_str().unwrap_or("ClusterIP");
@@ -450,6 +493,7 @@ fn service(obj: &Value, c: &mut Vec<Cause>) {
     if ty == "ExternalName" && spec["externalName"].as_str().unwrap_or("").is_empty() {
         c.push(Cause::required("spec.externalName"));
     }
+    traffic_policies(spec, ty, c);
     let multi = ports.is_some_and(|p| p.len() > 1);
     let mut names = std::collections::HashSet::new();
     for (i, p) in ports.into_iter().flatten().enumerate() {
